@@ -1,0 +1,1 @@
+"""Ideogram 4 model, sampler and file formats. Host-free: never imports ComfyUI."""
