@@ -74,8 +74,11 @@ def sample(
 
     latents = noise.to(device, torch.float32)
     sigmas = plan.sigmas.to(device, torch.float32)
+    # Model time t = 1 - sigma, taken through diffusers' 0-1000 timestep scale in fp32 so t is
+    # bit-identical to the reference pipeline's (the round trip moves t by 1 ulp on some steps).
+    model_times = 1.0 - (sigmas * 1000.0) / 1000.0
     for i in range(plan.steps):
-        t = (1.0 - sigmas[i]).expand(batch)
+        t = model_times[i].expand(batch)
         v = model(
             pack_image_tokens(latents, cond_layout),
             t,

@@ -16,7 +16,7 @@ def nearest_valid_size(width: int, height: int) -> tuple[int, int]:
     then the short side raised until the aspect ratio is within 6:1."""
 
     def side(value: float) -> int:
-        rounded = int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE
+        rounded = math.floor(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE  # ties round up
         return min(max(rounded, MIN_SIDE), MAX_SIDE)
 
     w, h = side(width), side(height)

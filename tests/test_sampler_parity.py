@@ -1,0 +1,101 @@
+"""The whole sampling loop against diffusers' Ideogram4Pipeline(output_type="latent").
+
+Both get the same tiny weights, the same caption (so the same text features: we take them from the
+pipeline's own encode_prompt, with max_sequence_length = caption length so it adds no padding), the
+same seed through a CPU generator, and each preset's schedule and guidance list.
+Tolerance 1e-4 (fp32): per-step differences are a few ulps (the model parity test measures 0), but
+they pass through up to 48 Euler steps with guidance 7, which amplifies velocity differences 13x.
+"""
+
+import pytest
+import torch
+
+from ideogram4_core.sampling import SamplingCancelled, initial_noise, sample
+from ideogram4_core.schedule import PRESETS, preset_plan
+from ideogram4_core.sizes import latent_grid
+from oracle_models import model_pair, oracle_pipeline, ours_from
+
+CAPTION = '{"high_level_description":"a red fox","compositional_deconstruction":{"background":"snow","elements":[]}}'
+WIDTH, HEIGHT = 256, 320  # smallest legal sizes keep the loop fast; non-square catches transposes
+
+
+@pytest.fixture(scope="module")
+def models():
+    cond_ref, cond = model_pair(seed=11)
+    uncond_ref, uncond = model_pair(seed=12)
+    return oracle_pipeline(cond_ref, uncond_ref), cond, uncond
+
+
+def _caption_features(pipe, grid_h, grid_w):
+    text = pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": CAPTION}]}], add_generation_prompt=True, tokenize=False
+    )
+    n = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        packed = pipe.encode_prompt(CAPTION, grid_h, grid_w, max_sequence_length=n, device=torch.device("cpu"))[0]
+    return packed[:, :n], n  # diffusers returns them already packed over text + image rows
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_loop_matches_diffusers_pipeline(models, preset):
+    pipe, cond, uncond = models
+    p, seed = PRESETS[preset], 1234
+    grid_h, grid_w = latent_grid(WIDTH, HEIGHT)
+    feats, n = _caption_features(pipe, grid_h, grid_w)
+
+    expected = pipe(
+        CAPTION, height=HEIGHT, width=WIDTH, num_inference_steps=p.steps, guidance_schedule=p.guidance_schedule(),
+        mu=p.mu, std=p.std, max_sequence_length=n, generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="latent",
+    ).images
+    with torch.no_grad():
+        got = sample(cond, uncond, feats, [n], grid_h, grid_w, preset_plan(preset, WIDTH, HEIGHT),
+                     initial_noise(1, grid_h * grid_w, seed))
+    diff = (expected - got).abs().max().item()
+    print(f"{preset}: max |diff| = {diff:.2e} (latent scale {expected.abs().max().item():.1f})")
+    assert diff <= 1e-4
+
+
+def test_noise_is_diffusers_cpu_generator_noise():
+    from diffusers.utils.torch_utils import randn_tensor
+
+    expected = randn_tensor((2, 24, 128), generator=torch.Generator("cpu").manual_seed(99), dtype=torch.float32)
+    assert torch.equal(initial_noise(2, 24, 99), expected)
+
+
+def test_callback_sees_every_step_and_cancel_stops_within_one_step(models):
+    _, cond, uncond = models
+    plan = preset_plan("V4_TURBO_12", WIDTH, HEIGHT)
+    grid_h, grid_w = latent_grid(WIDTH, HEIGHT)
+    feats = torch.randn(1, 5, cond.config.llm_features_dim)
+    noise = initial_noise(1, grid_h * grid_w, 0)
+    seen = []
+    calls = {"cond": 0}
+    cond.register_forward_hook(lambda *_: calls.__setitem__("cond", calls["cond"] + 1))
+
+    with torch.no_grad():
+        sample(cond, uncond, feats, [5], grid_h, grid_w, plan, noise, callback=lambda s: seen.append(s.index))
+    assert seen == list(range(12)) and calls["cond"] == 12
+
+    def cancel_after_third(step):
+        if step.index == 2:
+            raise SamplingCancelled()
+
+    calls["cond"] = 0
+    with pytest.raises(SamplingCancelled), torch.no_grad():
+        sample(cond, uncond, feats, [5], grid_h, grid_w, plan, noise, callback=cancel_after_third)
+    assert calls["cond"] == 3, "no model call may run after a cancel"
+
+
+def test_cond_only_sampling_without_unconditional_model(models):
+    """Guidance-distilled use: no unconditional model, the conditional velocity alone."""
+    _, cond, _ = models
+    plan = preset_plan("V4_TURBO_12", WIDTH, HEIGHT)
+    grid_h, grid_w = latent_grid(WIDTH, HEIGHT)
+    feats = torch.randn(1, 5, cond.config.llm_features_dim)
+    noise = initial_noise(1, grid_h * grid_w, 3)
+    with torch.no_grad():
+        out = sample(cond, None, feats, [5], grid_h, grid_w, plan, noise)
+        guided = sample(cond, ours_from(model_pair(seed=12)[0]), feats, [5], grid_h, grid_w, plan, noise)
+    assert out.shape == noise.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, guided)
