@@ -1,0 +1,186 @@
+"""Quantised Linear layers shared by the loaders: weight-only FP8 and bitsandbytes NF4.
+
+FP8 keeps float8 weights in memory and dequantises one layer at a time when it runs, so a model
+costs about one byte per weight. The product `weight * scale` is formed in float32 and rounded
+once to the activation dtype, which is what loading the reference with dequantised bf16 weights
+gives.
+
+NF4 uses bitsandbytes `Linear4bit` (blocksize 64, no double quantisation, like the official
+release); bitsandbytes 0.50 runs it on CPU as well as CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
+
+
+class FP8Linear(nn.Module):
+    """y = x @ (weight * scale)^T + bias, with `weight` stored as float8.
+
+    `weight_scale` is float32 of shape () (per tensor, ComfyUI's format) or (out, 1) (per output row,
+    the official Ideogram release).
+    """
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        if weight.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise TypeError(f"FP8Linear needs a float8 weight, got {weight.dtype}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight_scale = nn.Parameter(weight_scale.to(torch.float32), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return (self.weight.to(torch.float32) * self.weight_scale).to(dtype)
+
+    # "auto": a real FP8 matmul where the GPU has FP8 tensor cores (see `scaled_mm_mode`), otherwise
+    # dequantise this one layer. Tests force "scaled_mm_rowwise" / "scaled_mm_tensorwise" on CPU
+    # (torch._scaled_mm runs there too) or "dequantize". Set per module; not stored in state dicts.
+    matmul: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.matmul if self.matmul != "auto" else scaled_mm_mode(self, x)
+        if mode in ("scaled_mm_rowwise", "scaled_mm_tensorwise"):
+            return fp8_scaled_mm(x, self.weight, self.weight_scale, self.bias, rowwise=mode == "scaled_mm_rowwise")
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        per = "row" if self.weight_scale.ndim else "tensor"
+        return f"in={self.in_features}, out={self.out_features}, {self.weight.dtype}, scale per {per}"
+
+
+def scaled_mm_mode(layer: "FP8Linear", x: torch.Tensor) -> str:
+    """Which matmul "auto" picks. torch._scaled_mm needs FP8 tensor cores (compute capability 8.9+),
+    an e4m3 weight, both weight dims multiples of 16, and a bf16 result (fp32 compute asks for
+    precision, so it dequantises). Row-wise scales need sm90+ (Hopper); on sm89 (Ada) the activation
+    is quantised per tensor and the weight's row scales are applied to the output instead."""
+    if not x.is_cuda or x.dtype != torch.bfloat16 or layer.weight.dtype != torch.float8_e4m3fn:
+        return "dequantize"
+    if layer.in_features % 16 or layer.out_features % 16:
+        return "dequantize"
+    major, minor = torch.cuda.get_device_capability(x.device)
+    if (major, minor) >= (9, 0):
+        return "scaled_mm_rowwise"
+    return "scaled_mm_tensorwise" if (major, minor) >= (8, 9) else "dequantize"
+
+
+def fp8_scaled_mm(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None, rowwise: bool
+) -> torch.Tensor:
+    """x @ (weight * scale)^T + bias as a real FP8 matmul, quantising x to e4m3 on the fly.
+
+    rowwise: x gets one scale per token (amax/448) and the weight its per-row scales (a per-tensor
+    scale is broadcast to rows), both applied inside torch._scaled_mm. Otherwise x gets a single
+    per-tensor scale and the weight's row scales multiply the output. Rows are zero-padded to a
+    multiple of 16 (cuBLASLt's FP8 alignment). Result in x.dtype.
+    """
+    out_features, in_features = weight.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_features)
+    rows = x2.shape[0]
+    if rows % 16:
+        x2 = F.pad(x2, (0, 0, 0, 16 - rows % 16))
+    x32 = x2.to(torch.float32)
+    amax = x32.abs().amax(dim=1, keepdim=True) if rowwise else x32.abs().amax()
+    x_scale = (amax / FP8_E4M3_MAX).clamp(min=1e-12)
+    xq = (x32 / x_scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    w_scale = weight_scale.to(torch.float32).reshape(-1)
+    if rowwise:
+        w_scale = w_scale.expand(out_features).reshape(1, out_features).contiguous()
+        out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+    elif w_scale.numel() == 1:
+        out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=w_scale.reshape(()), out_dtype=x.dtype)
+    else:
+        one = torch.ones((), dtype=torch.float32, device=x.device)
+        out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=one, out_dtype=torch.float32)
+        out = (out * w_scale).to(x.dtype)
+    out = out[:rows]
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.reshape(*lead, out_features)
+
+
+class ConcatLinear(nn.Module):
+    """Several linear layers over the same input whose outputs are concatenated: the fused QKV
+    projection rebuilt from diffusers' separately quantised to_q / to_k / to_v (NF4 blocks of
+    separate tensors cannot be merged without re-quantising; this is exact)."""
+
+    def __init__(self, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(p.out_features for p in parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def quantize_fp8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float weight -> (float8_e4m3fn weight, float32 (out, 1) scale) with scale = rowmax|W| / 448,
+    the official Ideogram quantiser. All-zero rows get scale 1 so they stay exactly zero."""
+    w = weight.to(torch.float32)
+    scale = w.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (w / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
+
+
+def nf4_linear_from_float(
+    weight: torch.Tensor, bias: torch.Tensor | None, compute_dtype: torch.dtype, device: torch.device | str
+) -> nn.Module:
+    """Quantise a float weight to NF4 on `device` and wrap it in a bitsandbytes Linear4bit."""
+    import bitsandbytes as bnb
+
+    out_features, in_features = weight.shape
+    layer = _empty_linear4bit(bnb, in_features, out_features, bias is not None, compute_dtype)
+    layer.weight = bnb.nn.Params4bit(
+        weight.to(compute_dtype), requires_grad=False, quant_type="nf4", compress_statistics=False
+    )
+    _set_bias(layer, bias, compute_dtype)
+    return layer.to(device)  # moving Params4bit to a device is what quantises it
+
+
+def nf4_linear_from_packed(
+    packed: torch.Tensor,
+    quant_stats: dict[str, torch.Tensor],
+    bias: torch.Tensor | None,
+    compute_dtype: torch.dtype,
+    device: torch.device | str,
+) -> nn.Module:
+    """A Linear4bit from bitsandbytes' serialised form (`weight` + `absmax`, `quant_map`,
+    `quant_state.bitsandbytes__nf4`, optional `nested_*`), as transformers and the official
+    NF4 release store it."""
+    import bitsandbytes as bnb
+
+    weight = bnb.nn.Params4bit.from_prequantized(
+        data=packed, quantized_stats=quant_stats, requires_grad=False, device=torch.device(device)
+    )
+    out_features, in_features = weight.quant_state.shape
+    layer = _empty_linear4bit(bnb, in_features, out_features, bias is not None, compute_dtype)
+    layer.weight = weight
+    _set_bias(layer, bias, compute_dtype)
+    return layer.to(device)
+
+
+def dequantize_nf4(layer: nn.Module) -> torch.Tensor:
+    """The float weight a Linear4bit multiplies by (for parity checks and re-quantisation)."""
+    import bitsandbytes as bnb
+
+    return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+
+
+def _empty_linear4bit(bnb, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype):
+    with torch.device("meta"):
+        return bnb.nn.Linear4bit(
+            in_features, out_features, bias=bias, compute_dtype=compute_dtype,
+            compress_statistics=False, quant_type="nf4",
+        )
+
+
+def _set_bias(layer: nn.Module, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
