@@ -42,8 +42,8 @@ def _translate(err) -> list[Issue]:
     path, inst, kind = json_path(parts), err.instance, err.validator
     last = parts[-1] if parts else None
     in_bbox = "bbox" in parts[-2:]
-    if err.schema is False:  # `text` on an obj element
-        return [Issue(path, "an 'obj' element has a 'text' key; only 'text' elements render text.",
+    if err.schema is False:  # `text` on an obj element; jsonschema reports the element's path
+        return [Issue(json_path(parts + ["text"]), "an 'obj' element has a 'text' key; only 'text' elements render text.",
                       "set type to 'text' if this text should appear in the image, otherwise remove 'text'.")]
     if kind == "required":
         return [Issue(json_path(parts + [k]), f"required key '{k}' is missing.", f"add '{k}': {FIELD_HINTS[k]}.")
@@ -81,7 +81,7 @@ def _translate(err) -> list[Issue]:
             return [Issue(path, f"bbox has {len(inst)} values.", f"use exactly 4: {FIELD_HINTS['bbox']}.")]
         return [Issue(path, f"{len(inst)} colours; at most {err.validator_value} are allowed here.",
                       f"keep the {err.validator_value} most important colours.")]
-    if kind == "pattern":
+    if kind == "pattern" or (kind in ("minLength", "maxLength") and "color_palette" in parts[-2:]):
         return [Issue(path, f"{inst!r} is not an uppercase #RRGGBB colour.", _colour_fix(inst))]
     if kind in ("minimum", "maximum"):
         axis = BBOX_AXES[last] if isinstance(last, int) and last < 4 else "value"

@@ -114,7 +114,8 @@ def _decode_hint(msg: str, at_end: bool) -> str:
         "Invalid control character": "write line breaks inside strings as \\n.",
         "Extra data": "remove the text after the JSON object (only one object is allowed).",
         "Invalid \\escape": 'only \\" \\\\ \\/ \\b \\f \\n \\r \\t and \\uXXXX escapes are allowed.',
-        "Unterminated string": 'close the string with a double quote.',
+        "Unterminated string": "close the string with a double quote; if the caption stops there, it was cut off "
+                               "(an LLM may have hit its token limit).",
     }
     for prefix, hint in hints.items():
         if msg.startswith(prefix):
@@ -124,7 +125,7 @@ def _decode_hint(msg: str, at_end: bool) -> str:
 
 def _escape_warning(body: str) -> list[Issue]:
     matches = NON_ASCII_ESCAPE.findall(body)
-    if not matches or any(ord(c) > 0x7F for c in body):
+    if not matches or not body.isascii():
         return []  # official rule: escapes next to literal non-ASCII are assumed intentional
     examples = ", ".join(sorted(set(matches))[:3])
     return [Issue("$", f"{len(matches)} \\uXXXX escape(s) for non-ASCII characters (e.g. {examples}) and no "

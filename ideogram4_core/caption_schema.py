@@ -62,8 +62,9 @@ def _string() -> dict:
 
 
 def _palette(max_items: int) -> dict:
+    # The length bounds matter: Python's re.search lets "$" match before a trailing "\n".
     return {"type": "array", "maxItems": max_items,
-            "items": {"type": "string", "pattern": HEX_COLOR_PATTERN}}
+            "items": {"type": "string", "minLength": 7, "maxLength": 7, "pattern": HEX_COLOR_PATTERN}}
 
 
 def _type_is(kind: str) -> dict:

@@ -123,8 +123,8 @@ def verify_caption(caption: str | Mapping, mode: str = DEFAULT_MODE,
     issues = _dedupe(issues + check_caption(obj))
 
     data = obj if isinstance(obj, dict) else None
-    if mode == "warn":
-        return CaptionResult(raw, issues, data)
+    if mode == "warn":  # pass through; only an explicit plain_text="wrap" changes the text
+        return CaptionResult(raw if parsed.plain_text is None else serialize_caption(obj), issues, data)
     if any(issue.blocking for issue in issues):
         raise CaptionError(issues)
     text = serialize_caption(obj)
