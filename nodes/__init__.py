@@ -2,10 +2,25 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .latent import Ideogram4EmptyLatent
+from .loaders import Ideogram4ModelLoader, Ideogram4TextEncoderLoader
+from .sampling import Ideogram4Sampler
+from .text import Ideogram4TextEncode
+from .vae import Ideogram4VAEDecode
+
+NODES = [
+    Ideogram4ModelLoader,
+    Ideogram4TextEncoderLoader,
+    Ideogram4TextEncode,
+    Ideogram4EmptyLatent,
+    Ideogram4Sampler,
+    Ideogram4VAEDecode,
+]
+
 
 class Ideogram4Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return []
+        return NODES
 
 
 async def comfy_entrypoint() -> Ideogram4Extension:

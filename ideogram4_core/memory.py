@@ -1,0 +1,33 @@
+"""Memory estimates the host's memory manager plans with (spec §H.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import Ideogram4Config
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of every weight, buffer and bitsandbytes quantisation statistic (NF4 keeps its block
+    scales in a `quant_state` beside the packed weight, which `parameters()` does not see)."""
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        total += tensor.numel() * tensor.element_size()
+        state = getattr(tensor, "quant_state", None)
+        if state is not None:
+            for part in (getattr(state, "absmax", None), getattr(state, "code", None)):
+                if isinstance(part, torch.Tensor):
+                    total += part.numel() * part.element_size()
+    return total
+
+
+def dit_activation_bytes(config: Ideogram4Config, batch: int, seq_len: int, masked: bool, dtype_bytes: int = 2) -> int:
+    """Peak activation memory of one forward pass, generously rounded: the widest live tensors are
+    the FFN's two (L, intermediate) branches, the QKV output and a few residual copies; a dense
+    boolean mask costs L^2 bytes per row when captions of different lengths share a batch."""
+    per_token = 3 * config.intermediate_size + 6 * config.hidden_size + config.llm_features_dim
+    total = batch * seq_len * per_token * dtype_bytes
+    if masked:
+        total += batch * seq_len * seq_len
+    return int(total * 1.5)

@@ -1,0 +1,98 @@
+"""Our DiT as a ComfyUI `MODEL`: a ModelPatcher around a BaseModel, so ComfyUI's memory manager
+loads, offloads and accounts for it, and native samplers can drive it (flow matching, shift 1)."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+
+from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
+from ..ideogram4_core.memory import dit_activation_bytes, weight_bytes
+from ..ideogram4_core.model import Ideogram4Transformer
+from ..ideogram4_core.packing import conditional_layout, image_only_layout, pack_image_tokens, pack_text_features
+
+
+class Ideogram4ModelConfig(comfy.supported_models_base.BASE):
+    # The DiT is built by our loader, never by ComfyUI from a config.
+    unet_config = {"disable_unet_model_creation": True}
+    latent_format = comfy.latent_formats.Flux2  # 128 channels at /16; previews use its RGB factors
+    sampling_settings = {"shift": 1.0, "multiplier": 1.0}  # sigma in, model time = 1 - sigma
+    supported_inference_dtypes = [torch.bfloat16, torch.float32]
+
+
+class ComfyDiT(torch.nn.Module):
+    """ComfyUI's calling convention around our DiT: (B, 128, H/16, W/16) latents, sigma as the
+    timestep, `context` = text features or None for the image-only unconditional pass. Returns
+    what ComfyUI's flow (CONST) sampling expects: noise - x0 = -velocity, in latent layout."""
+
+    def __init__(self, dit: Ideogram4Transformer):
+        super().__init__()
+        self.dit = dit
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.compute_dtype
+
+    def forward(self, x, timesteps, context=None, attention_mask=None, **_):
+        batch, _, grid_h, grid_w = x.shape
+        tokens = comfy_to_tokens(x)
+        t = 1.0 - timesteps.float()
+        if context is None:
+            layout = image_only_layout(batch, grid_h, grid_w).to(x.device)
+            v = self.dit(tokens, t, layout.indicator, layout.position_ids)
+        else:
+            lengths = [context.shape[1]] * batch
+            if attention_mask is not None:  # left-padded captions of different lengths
+                lengths = attention_mask.reshape(batch, -1).sum(dim=1).tolist()
+            layout = conditional_layout([int(n) for n in lengths], grid_h, grid_w).to(x.device)
+            v = self.dit(pack_image_tokens(tokens, layout), t, layout.indicator, layout.position_ids,
+                         pack_text_features(context, layout), layout.attention_mask)[:, layout.text_len :]
+        return tokens_to_comfy(-v.float(), grid_h, grid_w)
+
+
+class Ideogram4BaseModel(comfy.model_base.BaseModel):
+    def __init__(self, dit: Ideogram4Transformer, device=None):
+        super().__init__(Ideogram4ModelConfig({}), model_type=comfy.model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = ComfyDiT(dit)
+
+    def get_dtype(self):
+        return self.diffusion_model.dtype
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        # For native samplers: a batch of cond + uncond passes over the longest caption seen.
+        text = max([s[1] for s in cond_shapes.get("c_crossattn", []) if len(s) > 1] or [2048])
+        batch, _, grid_h, grid_w = input_shape
+        return dit_activation_bytes(self.diffusion_model.dit.config, batch, text + grid_h * grid_w, masked=True)
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        mask = kwargs.get("attention_mask")
+        if mask is not None and not bool(mask.all()):
+            import comfy.conds
+
+            out["attention_mask"] = comfy.conds.CONDRegular(mask)
+        return out
+
+
+def wrap_dit(dit: Ideogram4Transformer) -> comfy.model_patcher.ModelPatcher:
+    """A MODEL whose weights ComfyUI moves between the load and offload devices."""
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    base = Ideogram4BaseModel(dit, device=offload_device)
+    return comfy.model_patcher.ModelPatcher(base, load_device, offload_device, size=weight_bytes(dit))
+
+
+def unwrap_dit(model: comfy.model_patcher.ModelPatcher) -> Ideogram4Transformer:
+    """The Ideogram 4 DiT inside a MODEL, or a clear error for any other model."""
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(inner, ComfyDiT):
+        kind = type(getattr(model, "model", model)).__name__
+        raise ValueError(
+            f"this input needs an Ideogram 4 model from the 'Load Ideogram 4 Models' node, got a {kind} model"
+        )
+    return inner.dit

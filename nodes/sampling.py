@@ -1,0 +1,125 @@
+"""The dual-model flow-matching sampler node: official presets or custom settings, step-indexed
+guidance, ComfyUI progress, previews and cancel."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.utils
+import latent_preview
+
+from ..ideogram4_core.constants import PIXELS_PER_TOKEN
+from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
+from ..ideogram4_core.memory import dit_activation_bytes
+from ..ideogram4_core.sampling import initial_noise, sample
+from ..ideogram4_core.schedule import PRESETS, custom_plan, preset_plan
+from ..ideogram4_core.sizes import check_size
+from .comfy_model import unwrap_dit
+
+CUSTOM = "Custom"
+PRESET_NAMES = {"Quality 48": "V4_QUALITY_48", "Default 20": "V4_DEFAULT_20", "Turbo 12": "V4_TURBO_12"}
+
+
+def parse_guidance_list(text: str, steps: int) -> list[float] | None:
+    """'7, 7, 3' -> [7.0, 7.0, 3.0] (sampling order); empty -> None. Length must equal steps."""
+    if not text.strip():
+        return None
+    try:
+        values = [float(v) for v in text.replace(";", ",").replace("\n", ",").split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"guidance_list must be numbers separated by commas, e.g. '7, 7, 3': {err}") from None
+    if len(values) != steps:
+        raise ValueError(f"guidance_list has {len(values)} values but steps is {steps}: give one value per step, "
+                         "first value = first (noisiest) step")
+    if any(not (0.0 <= v <= 30.0) for v in values):
+        raise ValueError("guidance_list values must be between 0 and 30")
+    return values
+
+
+def conditioning_features(positive) -> tuple[torch.Tensor, list[int]]:
+    if not positive or not isinstance(positive[0], (list, tuple)) or not torch.is_tensor(positive[0][0]):
+        raise ValueError("positive must come from 'Ideogram 4 Text Encode'")
+    features, extras = positive[0][0], positive[0][1]
+    counts = extras.get("ideogram4_token_counts") or [features.shape[1]] * features.shape[0]
+    return features, list(counts)
+
+
+class Ideogram4Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="Ideogram4Sampler",
+            display_name="Ideogram 4 Sampler",
+            category="Ideogram 4",
+            description="Euler flow matching with the conditional and unconditional transformers "
+            "(v = w * v_cond + (1 - w) * v_uncond), the official logit-normal schedule and per-step guidance.",
+            inputs=[
+                io.Model.Input("model", tooltip="The conditional transformer."),
+                io.Model.Input("unconditional_model", optional=True, tooltip="The unconditional transformer. "
+                               "Without it every step uses the conditional velocity alone (distilled models)."),
+                io.Conditioning.Input("positive", tooltip="From 'Ideogram 4 Text Encode'."),
+                io.Latent.Input("latent", tooltip="Sets the size and batch (e.g. 'Ideogram 4 Empty Latent')."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise is drawn on the CPU, so a seed gives the same image on any device."),
+                io.Combo.Input("preset", options=[*PRESET_NAMES, CUSTOM], default="Default 20",
+                               tooltip="Official presets: Quality 48 (48 steps, std 1.5), Default 20 (std 1.75), "
+                               "Turbo 12 (mu 0.5). Guidance 7, the last steps at 3. Custom uses the values below."),
+                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Custom only: number of steps."),
+                io.Float.Input("mu", default=0.0, min=-5.0, max=5.0, step=0.05,
+                               tooltip="Custom only: schedule mean before the resolution shift (higher = noisier steps)."),
+                io.Float.Input("std", default=1.75, min=0.1, max=5.0, step=0.05,
+                               tooltip="Custom only: spread of the logit-normal schedule."),
+                io.Float.Input("guidance", default=7.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Custom only: guidance weight w of the main steps (1 = conditional only)."),
+                io.Float.Input("polish_guidance", default=3.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Custom only: guidance of the last polish_steps steps."),
+                io.Int.Input("polish_steps", default=2, min=0, max=200,
+                             tooltip="Custom only: how many final steps use polish_guidance."),
+                io.String.Input("guidance_list", default="", optional=True,
+                                tooltip="Custom only, overrides guidance: one value per step, comma separated, "
+                                "first = first (noisiest) step."),
+            ],
+            outputs=[io.Latent.Output("samples", display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, seed, preset, steps, mu, std, guidance, polish_guidance,
+                polish_steps, unconditional_model=None, guidance_list="") -> io.NodeOutput:
+        batch, _, grid_h, grid_w = latent["samples"].shape
+        width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
+        check_size(width, height)
+        if preset == CUSTOM:
+            if polish_steps > steps:
+                raise ValueError(f"polish_steps ({polish_steps}) cannot exceed steps ({steps})")
+            plan = custom_plan(width, height, steps, mu, std, guidance, polish_guidance, polish_steps,
+                               parse_guidance_list(guidance_list or "", steps))
+        elif preset in PRESET_NAMES:
+            plan = preset_plan(PRESET_NAMES[preset], width, height)
+        else:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join([*PRESET_NAMES, CUSTOM])}")
+
+        features, counts = conditioning_features(positive)
+        if features.shape[0] == 1 and batch > 1:  # one caption for the whole batch
+            features, counts = features.expand(batch, -1, -1), counts * batch
+        if features.shape[0] != batch:
+            raise ValueError(f"{features.shape[0]} captions for a latent batch of {batch}")
+
+        cond, uncond = unwrap_dit(model), None if unconditional_model is None else unwrap_dit(unconditional_model)
+        patchers = [model] + ([] if unconditional_model is None else [unconditional_model])
+        seq = max(counts) + grid_h * grid_w
+        activations = dit_activation_bytes(cond.config, batch, seq, masked=min(counts) != max(counts))
+        comfy.model_management.load_models_gpu(patchers, memory_required=activations)
+
+        previewer = latent_preview.prepare_callback(model, plan.steps)
+
+        def on_step(step):
+            preview_latent = tokens_to_comfy(step.latents, grid_h, grid_w)
+            previewer(step.index, preview_latent, preview_latent, step.total)  # also checks Cancel
+
+        noise = initial_noise(batch, grid_h * grid_w, seed)
+        with torch.inference_mode():
+            tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step)
+        samples = tokens_to_comfy(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
+        return io.NodeOutput({"samples": samples, "ideogram4": True})
