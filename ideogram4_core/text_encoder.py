@@ -179,7 +179,7 @@ def load_text_encoder(
             f"({tokenizer.source}) produces ids up to {tokenizer.vocab_size - 1}"
         )
     storage = checkpoint.storage
-    target = storage if quantize == "auto" else quantize
+    target = storage if quantize == "auto" else "float" if quantize == "none" else quantize
     description = f"Qwen3-VL text encoder from {Path(path).name} (stored {storage}, running {target} / {dtype})"
     return Ideogram4TextEncoder(language_model, tokenizer, description)
 
@@ -195,7 +195,10 @@ def _build_language_model(checkpoint: TextEncoderCheckpoint, device: torch.devic
             lm.set_submodule(name, _make_linear(checkpoint.read_linear(name), bias, quantize, dtype, device))
     for name, param in list(lm.named_parameters()):
         if param.device.type == "meta":
-            tensor = checkpoint.read_dense(name).to(device=device, dtype=dtype)
+            if name == "norm.weight" and checkpoint.prefix + name not in checkpoint.weights:
+                tensor = torch.ones(param.shape, device=device, dtype=dtype)  # final norm: never used
+            else:
+                tensor = checkpoint.read_dense(name).to(device=device, dtype=dtype)
             module_name, _, param_name = name.rpartition(".")
             setattr(lm.get_submodule(module_name), param_name, nn.Parameter(tensor, requires_grad=False))
     # Rotary frequencies are a computed buffer, not a weight: rebuild it (float32) off the meta device.
@@ -210,18 +213,27 @@ def _make_linear(stored, bias: torch.Tensor | None, quantize: str, dtype: torch.
     if quantize == "nf4" and isinstance(stored, Nf4Weight):
         return nf4_linear_from_packed(stored.packed, stored.quant_stats, bias, dtype, device)
     if quantize == "fp8" and isinstance(stored, Fp8Weight):
-        return FP8Linear(stored.weight.to(device), stored.scale.to(device), _to(bias, device, dtype))
+        return _exact_fp8_linear(stored.weight.to(device), stored.scale.to(device), _to(bias, device, dtype))
     weight = _float_weight(stored)
     if quantize == "nf4":
         return nf4_linear_from_float(weight, bias, dtype, device)
     if quantize == "fp8":
         fp8, scale = quantize_fp8_per_row(weight)
-        return FP8Linear(fp8.to(device), scale.to(device), _to(bias, device, dtype))
+        return _exact_fp8_linear(fp8.to(device), scale.to(device), _to(bias, device, dtype))
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     linear.weight = nn.Parameter(weight.to(device=device, dtype=dtype), requires_grad=False)
     if bias is not None:
         linear.bias = nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
     return linear
+
+
+def _exact_fp8_linear(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> FP8Linear:
+    """FP8 weights, but activations stay in the compute dtype: the layer dequantises its weight
+    instead of using an FP8 tensor-core matmul (which would also quantise the activations). The
+    encoder runs once per caption, so exactness against the reference matters more than speed."""
+    layer = FP8Linear(weight, scale, bias)
+    layer.matmul = "dequantize"
+    return layer
 
 
 def _float_weight(stored) -> torch.Tensor:
