@@ -23,7 +23,13 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel, Qwe
 
 from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAP_LAYERS
 from .quant import FP8Linear, dequantize_nf4, nf4_linear_from_float, nf4_linear_from_packed, quantize_fp8_per_row
-from .text_encoder_files import Fp8Weight, Nf4Weight, TextEncoderCheckpoint, TextEncoderFileError, open_text_encoder_checkpoint
+from .text_encoder_files import (
+    Fp8Weight,
+    Nf4Weight,
+    TextEncoderCheckpoint,
+    TextEncoderFileError,
+    open_text_encoder_checkpoint,
+)
 from .tokenizer import Qwen3VLTokenizer, bundled_tokenizer, load_tokenizer_folder
 
 QUANTIZE_CHOICES = ("auto", "none", "fp8", "nf4")
@@ -122,7 +128,9 @@ def _left_pad(batch: Sequence[Sequence[int]], pad_id: int, device: torch.device)
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _run_tapped_layers(lm: Qwen3VLTextModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _run_tapped_layers(
+    lm: Qwen3VLTextModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
     """Outputs of the tapped decoder layers BEFORE the final norm, as (B, n, hidden, 13) float32.
 
     Text-only input puts the same position on all three MRoPE axes. Without padding no mask is
@@ -138,7 +146,8 @@ def _run_tapped_layers(lm: Qwen3VLTextModel, ids: torch.Tensor, mask: torch.Tens
         position_ids=positions,
     )
     rope = lm.rotary_emb(embeds, positions[None].expand(3, -1, -1))
-    taps = torch.empty(*ids.shape, lm.config.hidden_size, len(TEXT_ENCODER_TAP_LAYERS), dtype=torch.float32, device=ids.device)
+    taps_shape = (*ids.shape, lm.config.hidden_size, len(TEXT_ENCODER_TAP_LAYERS))
+    taps = torch.empty(taps_shape, dtype=torch.float32, device=ids.device)
     tap_slot = {layer: slot for slot, layer in enumerate(TEXT_ENCODER_TAP_LAYERS)}
     hidden = embeds
     for index, layer in enumerate(lm.layers):
@@ -168,6 +177,7 @@ def load_text_encoder(
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
     checkpoint = open_text_encoder_checkpoint(path)
     try:
+        storage = checkpoint.storage
         language_model = _build_language_model(checkpoint, torch.device(device), dtype, quantize)
     finally:
         checkpoint.weights.close()
@@ -178,13 +188,14 @@ def load_text_encoder(
             f"{path}: the embedding has {language_model.config.vocab_size} rows but the tokenizer "
             f"({tokenizer.source}) produces ids up to {tokenizer.vocab_size - 1}"
         )
-    storage = checkpoint.storage
     target = storage if quantize == "auto" else "float" if quantize == "none" else quantize
     description = f"Qwen3-VL text encoder from {Path(path).name} (stored {storage}, running {target} / {dtype})"
     return Ideogram4TextEncoder(language_model, tokenizer, description)
 
 
-def _build_language_model(checkpoint: TextEncoderCheckpoint, device: torch.device, dtype: torch.dtype, quantize: str) -> Qwen3VLTextModel:
+def _build_language_model(
+    checkpoint: TextEncoderCheckpoint, device: torch.device, dtype: torch.dtype, quantize: str
+) -> Qwen3VLTextModel:
     config = Qwen3VLTextConfig(**checkpoint.text_config)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
@@ -206,7 +217,9 @@ def _build_language_model(checkpoint: TextEncoderCheckpoint, device: torch.devic
     return lm
 
 
-def _make_linear(stored, bias: torch.Tensor | None, quantize: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def _make_linear(
+    stored, bias: torch.Tensor | None, quantize: str, dtype: torch.dtype, device: torch.device
+) -> nn.Module:
     """One Linear in the requested form; `stored` is a float tensor, Fp8Weight or Nf4Weight."""
     if quantize == "auto":
         quantize = "fp8" if isinstance(stored, Fp8Weight) else "nf4" if isinstance(stored, Nf4Weight) else "none"

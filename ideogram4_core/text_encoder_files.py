@@ -103,7 +103,9 @@ class SafetensorsWeights:
         try:
             return self._handle(path).get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types for truncated data
-            raise TextEncoderFileError(f"{path}: cannot read tensor {key!r} ({exc}); the file looks corrupt or truncated") from exc
+            raise TextEncoderFileError(
+                f"{path}: cannot read tensor {key!r} ({exc}); the file looks corrupt or truncated"
+            ) from exc
 
     def dtype_name(self, key: str) -> str:
         return self._handle(self.key_to_file[key]).get_slice(key).get_dtype()
@@ -147,7 +149,8 @@ class TextEncoderCheckpoint:
         if any(k.endswith(NF4_STATE_SUFFIX) for k in keys):
             return "nf4"
         probe = f"{self.prefix}layers.0.self_attn.q_proj.weight"
-        scaled = any(f"{probe[:-len('.weight')]}{s}" in self.weights for s in (".weight_scale", ".scale_weight", ".comfy_quant"))
+        base = probe[: -len(".weight")]
+        scaled = any(base + s in self.weights for s in (".weight_scale", ".scale_weight", ".comfy_quant"))
         if scaled or self.weights.dtype_name(probe).startswith("F8"):
             return "fp8"
         return "float"
@@ -188,7 +191,10 @@ class TextEncoderCheckpoint:
 
     def read_dense(self, name: str) -> torch.Tensor:
         """A non-Linear tensor (embedding, norm weight), dequantised if it was stored scaled."""
-        stored = self.read_linear(name[: -len(".weight")]) if name.endswith(".weight") else self._require(self.prefix + name)
+        if name.endswith(".weight"):
+            stored = self.read_linear(name[: -len(".weight")])
+        else:
+            stored = self._require(self.prefix + name)
         if isinstance(stored, Nf4Weight):
             raise TextEncoderFileError(f"{self.path}: {name} is 4-bit packed; only Linear layers may be")
         return stored.dequantize() if isinstance(stored, Fp8Weight) else stored
@@ -374,7 +380,8 @@ def _shape_facts(weights: SafetensorsWeights, prefix: str) -> dict:
     """Sizes read off tensor shapes (headers only). NF4 weights are packed, so Linear sizes come from
     the q/k norms (head_dim) and from bnb's quant-state JSON when needed."""
     vocab, hidden = weights.shape(prefix + "embed_tokens.weight")
-    layers = {int(k[len(prefix) + len("layers.") :].split(".")[0]) for k in weights.keys() if k.startswith(prefix + "layers.")}
+    layer_prefix = prefix + "layers."
+    layers = {int(k[len(layer_prefix) :].split(".")[0]) for k in weights.keys() if k.startswith(layer_prefix)}
     head_dim = weights.shape(prefix + "layers.0.self_attn.q_norm.weight")[0]
     q_out = _linear_out_features(weights, prefix + "layers.0.self_attn.q_proj")
     k_out = _linear_out_features(weights, prefix + "layers.0.self_attn.k_proj")

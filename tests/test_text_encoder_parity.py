@@ -100,7 +100,10 @@ def test_official_fp8_folder(model, tokenizer, tmp_path):
     expected = reference_features(with_language_model_weights(model, dequantised), tokenizer, CAPTIONS)[0]
     encoder = load_text_encoder(tmp_path / "text_encoder", dtype=torch.float32)
     assert "stored fp8" in encoder.description
-    assert type(encoder.language_model.layers[0].mlp.up_proj).__name__ == "FP8Linear"
+    fp8_layer = encoder.language_model.layers[0].mlp.up_proj
+    assert type(fp8_layer).__name__ == "FP8Linear"
+    # Never an FP8 tensor-core matmul in the encoder: that would quantise activations too (GPU only).
+    assert fp8_layer.matmul == "dequantize"
     assert_matches(encoder, expected)
     # Dequantising on load ("none") gives the same numbers with plain Linear layers.
     assert_matches(load_text_encoder(tmp_path / "text_encoder", dtype=torch.float32, quantize="none"), expected)
@@ -176,3 +179,16 @@ def test_bf16_run_matches_the_reference_run_in_bf16(model, tokenizer, tmp_path, 
     reference_model.language_model.rotary_emb.inv_freq = inv_freq
     expected = reference_features(reference_model, tokenizer, CAPTIONS)[0]
     assert_matches(load_text_encoder(folder, dtype=torch.bfloat16), expected)
+
+
+def test_encoder_accepts_2048_tokens_and_refuses_2049(model, tmp_path):
+    from ideogram4_core.tokenizer import CaptionTooLongError
+
+    encoder = load_text_encoder(write_hf_folder(model, tmp_path / "te"), dtype=torch.float32)
+    overhead = encoder.count_tokens("a")
+    at_limit = "a" + " a" * (2048 - overhead)
+    out = encoder.encode(at_limit)
+    assert out.features.shape == (1, 2048, 416) and out.token_counts == [2048]
+    assert torch.isfinite(out.features).all()
+    with pytest.raises(CaptionTooLongError, match="2049 tokens.*2048"):
+        encoder.encode(["short", at_limit + " a"])  # one caption over the limit refuses the batch
