@@ -18,7 +18,7 @@ from ..ideogram4_core.packing import conditional_layout, image_only_layout, pack
 
 
 class Ideogram4ModelConfig(comfy.supported_models_base.BASE):
-    # The DiT is built by our loader, never by ComfyUI from a config.
+    # The DiT is built by our loader, never by ComfyUI from a config (see Ideogram4BaseModel).
     unet_config = {"disable_unet_model_creation": True}
     latent_format = comfy.latent_formats.Flux2  # 128 channels at /16; previews use its RGB factors
     sampling_settings = {"shift": 1.0, "multiplier": 1.0}  # sigma in, model time = 1 - sigma
@@ -57,7 +57,7 @@ class ComfyDiT(torch.nn.Module):
 
 class Ideogram4BaseModel(comfy.model_base.BaseModel):
     def __init__(self, dit: Ideogram4Transformer, device=None):
-        super().__init__(Ideogram4ModelConfig({}), model_type=comfy.model_base.ModelType.FLOW, device=device)
+        super().__init__(Ideogram4ModelConfig(Ideogram4ModelConfig.unet_config), model_type=comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = ComfyDiT(dit)
 
     def get_dtype(self):

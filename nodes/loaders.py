@@ -88,13 +88,23 @@ def _component(path):
     return "transformer" if (path / "transformer").is_dir() else None
 
 
+class _PatchableModule(torch.nn.Module):
+    """ModelPatcher assigns `model.device`, which transformers models expose read-only; this holder
+    gives it a plain attribute while moving the very same language model."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.device = next(module.parameters()).device
+
+
 class TextEncoderHandle:
     """The loaded encoder plus a ModelPatcher so ComfyUI accounts for its memory and moves it."""
 
     def __init__(self, encoder):
         self.encoder = encoder
         self.patcher = comfy.model_patcher.ModelPatcher(
-            encoder.language_model,
+            _PatchableModule(encoder.language_model),
             load_device=comfy.model_management.text_encoder_device(),
             offload_device=comfy.model_management.text_encoder_offload_device(),
             size=weight_bytes(encoder.language_model),

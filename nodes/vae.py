@@ -11,7 +11,8 @@ import comfy.model_management
 
 from ..ideogram4_core.constants import LATENT_CHANNELS
 from ..ideogram4_core.latents import comfy_to_tokens
-from ..ideogram4_core.vae import compare_batch_norm, decode_tokens, vae_from_state_dict
+from ..ideogram4_core.vae import decode_tokens
+from ..ideogram4_core.vae_file import compare_batch_norm, vae_from_state_dict
 
 # One converted decoder per ComfyUI VAE object, dropped with it.
 _DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -507,3 +507,23 @@ class WebSocket:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def require_comfyui() -> None:
+    if comfyui_available():
+        return
+    reason = (f"no ComfyUI at {comfyui_dir()}: run `bash scripts/setup_comfyui.sh` "
+              "(or set IDEOGRAM4_COMFYUI_DIR)")
+    if _truthy("CI") or _truthy("IDEOGRAM4_REQUIRE_COMFYUI"):
+        _pytest().fail(reason + " — required under CI", pytrace=False)
+    _pytest().skip(reason)
+
+
+def _pytest():
+    import pytest  # only the tests need it; the helper itself is stdlib-only
+
+    return pytest

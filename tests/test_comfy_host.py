@@ -11,21 +11,7 @@ import time
 
 import pytest
 
-from comfy_host import PACK_NAME, ComfyHost, comfyui_available, comfyui_dir
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def require_comfyui() -> None:
-    if comfyui_available():
-        return
-    reason = (f"no ComfyUI at {comfyui_dir()}: run `bash scripts/setup_comfyui.sh` "
-              "(or set IDEOGRAM4_COMFYUI_DIR)")
-    if _truthy("CI") or _truthy("IDEOGRAM4_REQUIRE_COMFYUI"):
-        pytest.fail(reason + " — required under CI", pytrace=False)
-    pytest.skip(reason)
+from comfy_host import PACK_NAME, ComfyHost, require_comfyui
 
 
 @pytest.fixture(scope="module")

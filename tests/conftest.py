@@ -1,0 +1,22 @@
+"""Shared fixtures. The real ComfyUI server with tiny Ideogram 4 models is started once per test
+session: booting ComfyUI and writing the model files are the slowest parts of the suite."""
+
+import pytest
+
+from comfy_host import ComfyHost, require_comfyui
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory):
+    """(host, models): a running server whose model folders hold the tiny models of
+    `server_models.write_tiny_models`, and those models for building the diffusers oracle."""
+    require_comfyui()
+    from server_models import write_tiny_models
+
+    host = ComfyHost()
+    models = write_tiny_models(host.models_dir, tmp_path_factory.mktemp("oracle"))
+    host.start()
+    try:
+        yield host, models
+    finally:
+        host.stop()

@@ -1,0 +1,94 @@
+"""The bundled API workflow on a real ComfyUI server with tiny models, against diffusers'
+Ideogram4Pipeline with the very same weights, caption, size, preset and seed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from server_models import COND_FILE, TEXT_ENCODER_FOLDER, UNCOND_FILE, VAE_FILE, oracle_pipeline
+
+API_WORKFLOW = Path(__file__).parent.parent / "workflows" / "image_ideogram4_t2i_api.json"
+SIZE = (256, 256)
+
+
+def tiny_prompt(seed: int, preset: str = "Turbo 12", size=SIZE, prefix: str = "e2e") -> dict:
+    """The shipped API workflow with only file names, dtype, size, seed and preset changed."""
+    prompt = json.loads(API_WORKFLOW.read_text())
+    prompt["1"]["inputs"].update(model_name=COND_FILE, unconditional_model_name=UNCOND_FILE, compute_dtype="float32")
+    prompt["2"]["inputs"].update(text_encoder_name=TEXT_ENCODER_FOLDER + "/", compute_dtype="float32")
+    prompt["4"]["inputs"].update(size_preset="custom (width x height below)", width=size[0], height=size[1])
+    prompt["5"]["inputs"].update(seed=seed, preset=preset)
+    prompt["6"]["inputs"].update(vae_name=VAE_FILE)
+    prompt["8"]["inputs"].update(filename_prefix=prefix)
+    return prompt
+
+
+def run_image(host, prompt) -> np.ndarray:
+    entry = host.run(prompt, timeout=600)
+    assert entry["status"]["status_str"] == "success", host.log_tail()
+    (path,) = host.output_files(entry)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_api_workflow_matches_diffusers_pipeline(tiny_server):
+    host, models = tiny_server
+    prompt = tiny_prompt(seed=7)
+    got = run_image(host, prompt)
+
+    caption = prompt["3"]["inputs"]["caption"]
+    pipe = oracle_pipeline(models)
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
+                                              add_generation_prompt=True, tokenize=False)
+    n_tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        expected = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=12,
+                        guidance_schedule=[7.0] * 11 + [3.0], mu=0.5, std=1.75, max_sequence_length=n_tokens,
+                        generator=torch.Generator("cpu").manual_seed(7), output_type="np").images[0]
+    # SaveImage stores floor(255 * x); a value within fp32 noise of an integer boundary may land one
+    # level lower or higher, so allow 1 level anywhere but demand near-identity on average.
+    expected_u8 = np.clip(255.0 * expected, 0, 255).astype(np.uint8)
+    diff = np.abs(got.astype(int) - expected_u8.astype(int))
+    print(f"server vs diffusers: max {diff.max()} levels, mean {diff.mean():.4f}, image std {expected_u8.std():.1f}")
+    assert got.shape == expected_u8.shape == (SIZE[1], SIZE[0], 3)
+    assert expected_u8.std() > 5, "the oracle image is flat: the comparison would prove nothing"
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny_server):
+    host, _ = tiny_server
+    first = run_image(host, tiny_prompt(seed=11, prefix="seed_a"))
+    # Change an input the preset ignores so ComfyUI re-runs the sampler instead of serving its cache.
+    again_prompt = tiny_prompt(seed=11, prefix="seed_b")
+    again_prompt["5"]["inputs"]["guidance_list"] = "7"
+    again = run_image(host, again_prompt)
+    other = run_image(host, tiny_prompt(seed=12, prefix="seed_c"))
+    assert np.array_equal(first, again)
+    assert np.abs(first.astype(int) - other.astype(int)).mean() > 1
+
+
+def test_cancel_mid_sampling_then_next_prompt_succeeds(tiny_server):
+    host, _ = tiny_server
+    slow = tiny_prompt(seed=5, preset="Quality 48", size=(512, 512), prefix="cancelled")
+    prompt_id = host.post_prompt(slow)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the sampler is running, then press Cancel
+        running = host.queue().get("queue_running", [])
+        if running and host.log.count("Ideogram4Sampler") >= 0 and "tiny_ideogram4" in host.log:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    host.interrupt()
+    entry = host.wait_for(prompt_id, timeout=120)
+    messages = [m[0] for m in entry["status"].get("messages", [])]
+    assert entry["status"]["status_str"] == "error" and "execution_interrupted" in messages, messages
+    assert not host.output_files(entry), "a cancelled run must not save an image"
+    after = run_image(host, tiny_prompt(seed=6, prefix="after_cancel"))
+    assert after.shape == (SIZE[1], SIZE[0], 3)
