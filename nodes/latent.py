@@ -9,6 +9,7 @@ import comfy.model_management
 
 from ..ideogram4_core.constants import LATENT_CHANNELS
 from ..ideogram4_core.sizes import latent_grid
+from .files import check_choice
 
 CUSTOM = "custom (width x height below)"
 # Sizes from the official docs (spec §E.3); each satisfies the size rules.
@@ -45,6 +46,10 @@ class Ideogram4EmptyLatent(io.ComfyNode):
             ],
             outputs=[io.Latent.Output("latent", display_name="latent")],
         )
+
+    @classmethod
+    def validate_inputs(cls, size_preset):
+        return check_choice("size_preset", size_preset, [CUSTOM, *SIZE_PRESETS])
 
     @classmethod
     def execute(cls, size_preset, width, height, batch_size) -> io.NodeOutput:

@@ -15,7 +15,7 @@ from ..ideogram4_core.checkpoint_errors import SameCheckpointWarning
 from ..ideogram4_core.memory import weight_bytes
 from ..ideogram4_core.text_encoder import load_text_encoder
 from .comfy_model import wrap_dit
-from .files import file_fingerprint, list_models, resolve_model
+from .files import check_choice, file_fingerprint, first_problem, list_models, resolve_model
 
 TextEncoderType = io.Custom("IDEOGRAM4_TEXT_ENCODER")
 
@@ -28,6 +28,7 @@ FROM_FOLDER = "(unconditional_transformer/ of the same folder)"
 NO_UNCONDITIONAL = "(none: conditional model only)"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DIT_QUANT = {"as stored": "as_stored", "nf4": "nf4", "fp8": "fp8"}
+TE_QUANT = ["auto", "none", "fp8", "nf4"]
 
 
 class Ideogram4ModelLoader(io.ComfyNode):
@@ -56,6 +57,16 @@ class Ideogram4ModelLoader(io.ComfyNode):
             ],
             outputs=[io.Model.Output("model", display_name="model"),
                      io.Model.Output("unconditional_model", display_name="unconditional_model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name, unconditional_model_name, quantization, compute_dtype):
+        models = list_models(DIT_FOLDER, DIT_MARKERS)
+        return first_problem(
+            check_choice("model_name", model_name, models),
+            check_choice("unconditional_model_name", unconditional_model_name, [FROM_FOLDER, NO_UNCONDITIONAL, *models]),
+            check_choice("quantization", quantization, DIT_QUANT),
+            check_choice("compute_dtype", compute_dtype, DTYPES),
         )
 
     @classmethod
@@ -123,13 +134,21 @@ class Ideogram4TextEncoderLoader(io.ComfyNode):
                 io.Combo.Input("text_encoder_name", options=list_models(TE_FOLDER, TE_MARKERS),
                                tooltip="From models/text_encoders: qwen3vl_8b_fp8_scaled.safetensors, a bf16 "
                                "single file, or a Qwen3-VL folder (the official release's text_encoder/)."),
-                io.Combo.Input("quantization", options=["auto", "none", "fp8", "nf4"], default="auto",
+                io.Combo.Input("quantization", options=TE_QUANT, default="auto",
                                tooltip="auto keeps the file's format; none dequantises to the compute dtype; "
                                "fp8/nf4 quantise a bf16 file while loading (NF4 needs about 4.5 GB)."),
                 io.Combo.Input("compute_dtype", options=list(DTYPES), default="bfloat16",
                                tooltip="Activation dtype: bfloat16 as the reference; float32 for exact checks."),
             ],
             outputs=[TextEncoderType.Output("text_encoder", display_name="text_encoder")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, text_encoder_name, quantization, compute_dtype):
+        return first_problem(
+            check_choice("text_encoder_name", text_encoder_name, list_models(TE_FOLDER, TE_MARKERS)),
+            check_choice("quantization", quantization, TE_QUANT),
+            check_choice("compute_dtype", compute_dtype, DTYPES),
         )
 
     @classmethod

@@ -17,6 +17,7 @@ from ..ideogram4_core.sampling import initial_noise, sample
 from ..ideogram4_core.schedule import PRESETS, custom_plan, preset_plan
 from ..ideogram4_core.sizes import check_size
 from .comfy_model import unwrap_dit
+from .files import check_choice
 
 CUSTOM = "Custom"
 PRESET_NAMES = {"Quality 48": "V4_QUALITY_48", "Default 20": "V4_DEFAULT_20", "Turbo 12": "V4_TURBO_12"}
@@ -83,6 +84,10 @@ class Ideogram4Sampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output("samples", display_name="latent")],
         )
+
+    @classmethod
+    def validate_inputs(cls, preset):
+        return check_choice("preset", preset, [*PRESET_NAMES, CUSTOM])
 
     @classmethod
     def execute(cls, model, positive, latent, seed, preset, steps, mu, std, guidance, polish_guidance,

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 import comfy.model_management
 
 from ..ideogram4_core.caption_verify import verify_caption
+from .files import check_choice, first_problem
 from .loaders import TextEncoderType
 
 CAPTION_CHECKS = ["repair", "strict", "warn"]
@@ -48,6 +49,11 @@ class Ideogram4TextEncode(io.ComfyNode):
                 io.String.Output("caption_report", display_name="caption_report"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, caption_check, plain_text):
+        return first_problem(check_choice("caption_check", caption_check, CAPTION_CHECKS),
+                             check_choice("plain_text", plain_text, PLAIN_TEXT))
 
     @classmethod
     def execute(cls, text_encoder, caption, caption_check, plain_text) -> io.NodeOutput:
