@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not pip-install ComfyUI's requirements")
     ap.add_argument("--no-boot-check", action="store_true", help="skip the final test boot")
     ap.add_argument("--start", action="store_true",
-                    help="after setup, run the server in the foreground (127.0.0.1:--port, --cpu)")
+                    help="after setup, run the server in the foreground (127.0.0.1:--port; --cpu when torch sees no GPU)")
     ap.add_argument("--port", type=int, default=8188)
     args = ap.parse_args(argv)
 
@@ -385,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"done in {time.perf_counter() - t_all:.1f} s; " +
         "; ".join(f"{n}: {t:.1f} s" for n, t in Step.timings))
-    server = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port),
-              "--disable-api-nodes"]
+    server = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(args.port), "--disable-api-nodes"]
+    if not cuda_available():
+        server.insert(2, "--cpu")
     if frontend_root:
         server += ["--front-end-root", str(frontend_root)]
     log("start the server with:")
@@ -395,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(comfy)
         os.execv(sys.executable, server)
     return 0
+
+
+def cuda_available() -> bool:
+    """Whether the venv's torch sees a GPU (asked in a child process: this script avoids importing torch)."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() == "True"
 
 
 if __name__ == "__main__":
