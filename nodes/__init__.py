@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .caption import Ideogram4CaptionBuilder
 from .latent import Ideogram4EmptyLatent
 from .loaders import Ideogram4ModelLoader, Ideogram4TextEncoderLoader
 from .sampling import Ideogram4Sampler
@@ -12,6 +13,7 @@ NODES = [
     Ideogram4ModelLoader,
     Ideogram4TextEncoderLoader,
     Ideogram4TextEncode,
+    Ideogram4CaptionBuilder,
     Ideogram4EmptyLatent,
     Ideogram4Sampler,
     Ideogram4VAEDecode,

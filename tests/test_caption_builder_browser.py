@@ -1,0 +1,258 @@
+"""Browser test of the caption builder's web widget: a real ComfyUI server with this pack, its
+front end in headless Chromium driven by Playwright, no mocks.
+
+For each front end (the pinned 1.32.9 and the newest 1.58.1, classic canvas and Vue "Nodes 2.0"):
+add the builder and a Preview-as-Text node, draw a box with the mouse, type a description, pick
+an element colour in the colour picker and type a style colour, delete a second box with the
+keyboard, undo/redo, queue the prompt, and check the caption that reached the output node: its
+bbox must be the dragged pixel rectangle as a fraction of the canvas (0..1000, y first). Then
+reload the page and check the layout and the prompt are restored exactly. Screenshots go to
+test-artifacts/.
+
+Needs: `pip install playwright` (no browser download), Debian's `chromium` at /usr/bin/chromium,
+`bash scripts/setup_comfyui.sh --frontend 1.58.1`. Missing pieces skip locally, fail under CI.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from comfy_host import ComfyHost, comfyui_dir
+
+try:  # moving into comfy_host; either location gives the same skip/fail rule
+    from comfy_host import require_comfyui
+except ImportError:
+    from test_comfy_host import require_comfyui
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PINNED_FRONTEND = "1.32.9"
+NEWEST_FRONTEND = "1.58.1"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CASES = [(PINNED_FRONTEND, "classic"), (NEWEST_FRONTEND, "classic"), (NEWEST_FRONTEND, "vue")]
+TARGET = (1536, 1024)  # a 3:2 canvas, so a y/x mix-up in the bbox cannot pass
+
+
+def _required(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("IDEOGRAM4_REQUIRE_COMFYUI"):
+        pytest.fail(reason + " — required under CI", pytrace=False)
+    pytest.skip(reason)
+
+
+def frontend_root(version: str) -> Path | None:
+    """None for the front end installed with ComfyUI (checked to be the pinned one)."""
+    if version == PINNED_FRONTEND:
+        installed = importlib.metadata.version("comfyui_frontend_package")
+        assert installed == PINNED_FRONTEND, f"the venv has front end {installed}, expected {PINNED_FRONTEND}"
+        return None
+    root = comfyui_dir().parent / "frontends" / version / "comfyui_frontend_package" / "static"
+    if not (root / "index.html").is_file():
+        _required(f"no front end {version} at {root}: run `bash scripts/setup_comfyui.sh --frontend {version}`")
+    return root
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """One server per front end, booted in parallel (boot is the slow part)."""
+    require_comfyui()
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        _required("Python package playwright missing: pip install playwright")
+    if not CHROMIUM.is_file():
+        _required(f"no {CHROMIUM}: apt-get install -y chromium")
+    servers = {}
+    for version in (PINNED_FRONTEND, NEWEST_FRONTEND):
+        root = frontend_root(version)
+        host = ComfyHost(extra_args=["--front-end-root", str(root)] if root else [])
+        settings = host.base_dir / "user" / "default" / "comfy.settings.json"
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no first-run tour
+        servers[version] = host
+    errors = []
+    threads = [threading.Thread(target=lambda h=h: _start(h, errors)) for h in servers.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        for host in servers.values():
+            assert host.pack_import_failures() == [], host.pack_import_failures()
+        yield servers
+    finally:
+        for host in servers.values():
+            host.stop()
+
+
+def _start(host: ComfyHost, errors: list) -> None:
+    try:
+        host.start()
+    except Exception as exc:  # reported by the fixture, in the test's thread
+        errors.append(repr(exc))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+# -- page helpers (JavaScript runs in the page; the app object is the front end's own) ----------
+
+OPEN_APP = """() => !!(window.app && window.app.graph && window.LiteGraph
+    && LiteGraph.registered_node_types['Ideogram4CaptionBuilder']
+    && (app.extensions || []).some(e => e.name === 'ideogram4.CaptionBuilder'))"""
+
+BUILD_GRAPH = """([w, h, summary]) => {
+    app.graph.clear();
+    const b = LiteGraph.createNode('Ideogram4CaptionBuilder');
+    b.pos = [140, 70];
+    app.graph.add(b);
+    const p = LiteGraph.createNode('PreviewAny');
+    p.pos = [720, 70];
+    app.graph.add(p);
+    b.connect(0, p, 0);
+    const set = (name, v) => { const x = b.widgets.find(x => x.name === name); x.value = v; x.callback?.(v); };
+    set('width', w); set('height', h);
+    set('high_level_description', summary);
+    set('photo_or_art_style', '85mm lens, f/2.8'); set('aesthetics', 'bold'); set('lighting', 'soft daylight'); set('medium', 'photograph');
+    set('background', 'a plain studio wall');
+    // Zoomed out so the whole node fits the viewport; the bbox must not depend on the zoom.
+    app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [0, 30];
+    app.graph.setDirtyCanvas(true, true);
+    return [b.id, p.id];
+}"""
+
+LAYOUT = """(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'layout').value"""
+PROMPT_INPUTS = """async (id) => (await app.graphToPrompt()).output[String(id)].inputs"""
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function(OPEN_APP, timeout=90_000)
+
+
+def drag(page, start, end, steps=8) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=steps)
+    page.mouse.up()
+
+
+def grid(value: float, origin: float, size: float) -> int:
+    """What the widget must compute: pixel fraction of the canvas on the 0..1000 grid (half up)."""
+    return min(1000, max(0, math.floor((value - origin) / size * 1000 + 0.5)))
+
+
+def wait_history(host: ComfyHost, known: set, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid, entry in host.get("/history").items():
+            if pid not in known and entry.get("status", {}).get("completed") is not None:
+                return entry
+        time.sleep(0.2)
+    raise TimeoutError("the queued prompt did not finish:\n" + host.log_tail())
+
+
+@pytest.mark.parametrize("version,mode", CASES, ids=[f"{v}-{m}" for v, m in CASES])
+def test_draw_pick_queue_reload(hosts, browser, version, mode):
+    host = hosts[version]
+    host.post(f"/settings/{'Comfy.VueNodes.Enabled'}", mode == "vue")  # per-user setting, read at page load
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        open_app(page, host.url)
+        # A summary unique to the case: a cached result would send no report back to the page.
+        summary = f"A poster with a fox ({version}, {mode})."
+        builder_id, preview_id = page.evaluate(BUILD_GRAPH, [*TARGET, summary])
+        t0 = time.monotonic()
+        lap = lambda step: print(f"[{version} {mode}] {step}: {time.monotonic() - t0:.1f} s")
+        canvas = page.locator("[data-role=canvas]")
+        canvas.wait_for(state="visible")
+        page.wait_for_function("""() => { const c = document.querySelector('[data-role=canvas]');
+            const r = c.getBoundingClientRect(); return r.width > 100 && Math.abs(r.width / r.height - 1.5) < 0.02; }""")
+        box = canvas.bounding_box()
+
+        # Draw the box bottom-right to top-left: the widget must still write min before max.
+        start = (box["x"] + 0.81 * box["width"], box["y"] + 0.72 * box["height"])
+        end = (box["x"] + 0.23 * box["width"], box["y"] + 0.18 * box["height"])
+        drag(page, start, end)
+        expected = [grid(end[1], box["y"], box["height"]), grid(end[0], box["x"], box["width"]),
+                    grid(start[1], box["y"], box["height"]), grid(start[0], box["x"], box["width"])]
+        layout = json.loads(page.evaluate(LAYOUT, builder_id))
+        assert layout["elements"][0]["bbox"] == expected, (layout, expected)
+
+        panel = page.locator("[data-role=element-panel]")
+        panel.locator("[data-role=desc]").fill("a red fox")
+        panel.locator("[data-role=add-colour]").click()
+        panel.locator("[data-role=colour]").first.fill("#1e90ff")  # the native colour picker's value
+        style = page.locator("[data-role=global-palette]")
+        style.locator("[data-role=hex-input]").fill("#22aa44")
+        style.locator("[data-role=hex-input]").press("Enter")
+
+        # A second box, deleted with the Delete key (which must not delete the ComfyUI node).
+        drag(page, (box["x"] + 0.05 * box["width"], box["y"] + 0.80 * box["height"]),
+             (box["x"] + 0.15 * box["width"], box["y"] + 0.95 * box["height"]))
+        assert len(json.loads(page.evaluate(LAYOUT, builder_id))["elements"]) == 2
+        canvas.press("Delete")
+        assert page.evaluate("(id) => !!app.graph.getNodeById(id)", builder_id)
+        before_undo = page.evaluate(LAYOUT, builder_id)
+        assert len(json.loads(before_undo)["elements"]) == 1
+        page.locator("[data-role=undo]").click()
+        assert len(json.loads(page.evaluate(LAYOUT, builder_id))["elements"]) == 2
+        page.locator("[data-role=redo]").click()
+        assert page.evaluate(LAYOUT, builder_id) == before_undo
+
+        lap("drawn, coloured, undo/redo")
+        known = set(host.get("/history"))
+        page.evaluate("() => app.queuePrompt(0, 1)")
+        entry = wait_history(host, known)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        caption = json.loads(entry["outputs"][str(preview_id)]["text"][0])
+        element = caption["compositional_deconstruction"]["elements"][0]
+        assert element == {"type": "obj", "bbox": expected, "desc": "a red fox", "color_palette": ["#1E90FF"]}
+        assert caption["style_description"]["color_palette"] == ["#22AA44"]
+        assert caption["high_level_description"] == summary
+        # The node's own verdict, sent back with the run and shown under the editor.
+        report = page.locator("[data-role=report]")
+        report.filter(has_text="caption").wait_for(state="visible")
+        assert report.text_content().strip() == "caption OK", report.text_content()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"caption_builder_{version}_{mode}.png"))
+
+        lap("queued and checked")
+        # Reload: the front end restores the open workflow; the editor must show the same state.
+        saved_layout = page.evaluate(LAYOUT, builder_id)
+        saved_inputs = page.evaluate(PROMPT_INPUTS, builder_id)
+        page.reload()
+        page.wait_for_function(OPEN_APP, timeout=90_000)
+        page.wait_for_function("(id) => !!app.graph.getNodeById(id)?.ideogram4Editor", arg=builder_id, timeout=30_000)
+        assert page.evaluate(LAYOUT, builder_id) == saved_layout
+        assert page.evaluate(PROMPT_INPUTS, builder_id) == saved_inputs
+        shown = page.evaluate("""(id) => { const e = app.graph.getNodeById(id).ideogram4Editor;
+            return {layout: e.layout, chips: [...document.querySelectorAll('.i4cb-chip')].map(c => c.textContent)}; }""",
+                              builder_id)
+        assert shown["layout"]["elements"][0]["bbox"] == expected
+        assert shown["layout"]["color_palette"] == ["#22AA44"]
+        assert shown["chips"] == ["1 a red fox"]
+        page.locator(".i4cb-chip").first.click()  # select it: the panel shows the restored colour
+        assert page.locator("[data-role=element-panel] [data-role=colour]").first.input_value() == "#1e90ff"
+        page.screenshot(path=str(ARTIFACTS / f"caption_builder_{version}_{mode}_reloaded.png"))
+        lap("reloaded and checked")
+        assert not errors, errors
+    finally:
+        page.close()
