@@ -28,9 +28,13 @@ class StepInfo:
     total: int
     sigma_next: float  # noise level the latents are at now
     latents: torch.Tensor  # (B, N, 128) fp32 model-space tokens after this step
+    denoised: torch.Tensor  # (B, N, 128) the step's estimate of the clean image, x0 = z + sigma * v (previews)
 
 
 StepCallback = Callable[[StepInfo], None]
+# Called with a model right before each of its forward passes, e.g. so a host's memory manager can
+# swap the two transformers in and out when both do not fit at once.
+BeforePass = Callable[[Ideogram4Transformer], None]
 
 
 def initial_noise(batch: int, num_tokens: int, seed: int) -> torch.Tensor:
@@ -55,9 +59,12 @@ class GuidedVelocity:
         text_lengths: list[int],
         grid_h: int,
         grid_w: int,
+        before_pass: BeforePass | None = None,
     ):
         self.model, self.unconditional_model = model, unconditional_model
-        device = next(model.parameters()).device
+        self.before_pass = before_pass or (lambda _model: None)
+        self.before_pass(model)
+        device = self.device = next(model.parameters()).device
         batch = text_features.shape[0]
         if len(text_lengths) != batch:
             raise ValueError(f"{batch} rows of text features but {len(text_lengths)} text lengths")
@@ -72,6 +79,7 @@ class GuidedVelocity:
             self.uncond_rope = unconditional_model.rope(self.uncond_layout.position_ids)
 
     def conditional(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.before_pass(self.model)
         layout = self.cond_layout
         return self.model(
             pack_image_tokens(latents, layout), t, layout.indicator, attention_mask=layout.attention_mask,
@@ -79,6 +87,7 @@ class GuidedVelocity:
         )[:, layout.text_len :].float()
 
     def unconditional(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.before_pass(self.unconditional_model)
         return self.unconditional_model(latents, t, self.uncond_layout.indicator, rope=self.uncond_rope).float()
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -100,22 +109,24 @@ def sample(
     plan: SamplingPlan,
     noise: torch.Tensor,
     callback: StepCallback | None = None,
+    before_pass: BeforePass | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` (B, N, 128) into clean model-space tokens (B, N, 128) fp32.
 
     text_features: (B, n, F) left-padded text features with `text_lengths` real rows per prompt
     (a single caption has no padding). Without an unconditional model every step uses the conditional
     velocity alone (for guidance-distilled models); the guidance list is then ignored.
-    `callback` runs after every step and may raise SamplingCancelled (or the host's own interrupt).
+    `callback` runs after every step and may raise SamplingCancelled (or the host's own interrupt);
+    `before_pass` runs before every model call (see BeforePass).
     """
-    device = next(model.parameters()).device
     batch, num_tokens, _ = noise.shape
     if num_tokens != grid_h * grid_w:
         raise ValueError(f"noise has {num_tokens} tokens but a {grid_h}x{grid_w} grid needs {grid_h * grid_w}")
     if text_features.shape[0] != batch or len(text_lengths) != batch:
         raise ValueError(f"{text_features.shape[0]} captions for a batch of {batch} latents")
 
-    velocity = GuidedVelocity(model, unconditional_model, text_features, text_lengths, grid_h, grid_w)
+    velocity = GuidedVelocity(model, unconditional_model, text_features, text_lengths, grid_h, grid_w, before_pass)
+    device = velocity.device
     latents = noise.to(device, torch.float32)
     sigmas = plan.sigmas.to(device, torch.float32)
     # Model time t = 1 - sigma, taken through diffusers' 0-1000 timestep scale in fp32 so t is
@@ -123,7 +134,8 @@ def sample(
     model_times = 1.0 - (sigmas * 1000.0) / 1000.0
     for i in range(plan.steps):
         v = velocity(latents, model_times[i].expand(batch), plan.guidance[i])
+        denoised = latents + sigmas[i] * v
         latents = latents + (sigmas[i] - sigmas[i + 1]) * v
         if callback is not None:
-            callback(StepInfo(i, plan.steps, float(sigmas[i + 1]), latents))
+            callback(StepInfo(i, plan.steps, float(sigmas[i + 1]), latents, denoised))
     return latents

@@ -14,7 +14,7 @@ import comfy.supported_models_base
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
 from ..ideogram4_core.memory import dit_activation_bytes, weight_bytes
 from ..ideogram4_core.model import Ideogram4Transformer
-from ..ideogram4_core.packing import conditional_layout, image_only_layout, pack_image_tokens, pack_text_features
+from ..ideogram4_core.packing import conditional_layout, image_only_layout, pack_image_tokens
 
 
 class Ideogram4ModelConfig(comfy.supported_models_base.BASE):
@@ -50,8 +50,9 @@ class ComfyDiT(torch.nn.Module):
             if attention_mask is not None:  # left-padded captions of different lengths
                 lengths = attention_mask.reshape(batch, -1).sum(dim=1).tolist()
             layout = conditional_layout([int(n) for n in lengths], grid_h, grid_w).to(x.device)
+            # `context` covers the text rows only: the DiT never projects the all-zero image rows.
             v = self.dit(pack_image_tokens(tokens, layout), t, layout.indicator, layout.position_ids,
-                         pack_text_features(context, layout), layout.attention_mask)[:, layout.text_len :]
+                         context, layout.attention_mask)[:, layout.text_len :]
         return tokens_to_comfy(-v.float(), grid_h, grid_w)
 
 

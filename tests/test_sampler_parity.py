@@ -73,9 +73,15 @@ def test_callback_sees_every_step_and_cancel_stops_within_one_step(models):
     calls = {"cond": 0}
     cond.register_forward_hook(lambda *_: calls.__setitem__("cond", calls["cond"] + 1))
 
+    passes = []
     with torch.no_grad():
-        sample(cond, uncond, feats, [5], grid_h, grid_w, plan, noise, callback=lambda s: seen.append(s.index))
-    assert seen == list(range(12)) and calls["cond"] == 12
+        sample(cond, uncond, feats, [5], grid_h, grid_w, plan, noise, callback=seen.append,
+               before_pass=lambda m: passes.append("cond" if m is cond else "uncond"))
+    assert [s.index for s in seen] == list(range(12)) and calls["cond"] == 12
+    # The host hears of every pass first (to swap models in): once at set-up, then cond, uncond per step.
+    assert passes == ["cond"] + ["cond", "uncond"] * 12
+    # The last step lands on sigma 0, where the latents are the step's clean-image estimate.
+    assert seen[-1].sigma_next == 0.0 and torch.equal(seen[-1].latents, seen[-1].denoised)
 
     def cancel_after_third(step):
         if step.index == 2:
