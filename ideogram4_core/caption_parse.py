@@ -50,6 +50,13 @@ def refuse_oversized(text: str) -> None:
                                   "a real caption is a few KB; check that the right text is connected.")])
 
 
+def refuse_unbounded(text: str) -> None:
+    """The cheap checks alone (size, then nesting depth on a linear token scan), for refusing a
+    caption when a prompt is queued, before anything is parsed. Raises CaptionError."""
+    refuse_oversized(text)
+    _scan(text, 0, len(text))
+
+
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
     obj = DuplicateKeyDict(pairs)
     if len(obj) != len(pairs):

@@ -270,7 +270,7 @@ def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = sorted({folder / name for name in weight_map.values()})
+        files = sorted({_shard_path(folder, index, name) for name in weight_map.values()})
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise TextEncoderFileError(f"{index} lists shards that are missing: {', '.join(f.name for f in missing)}")
@@ -283,6 +283,20 @@ def _weight_files(folder: Path) -> list[Path]:
             "Qwen3-VL text-encoder folder with config.json and model*.safetensors"
         )
     return files
+
+
+def _shard_path(folder: Path, index: Path, name) -> Path:
+    """A shard named by an index must be a .safetensors file inside the index's own folder: an
+    index cannot send the loader to another folder (no '..', no absolute paths, no symlink out)."""
+    shard = folder / name if isinstance(name, str) else None
+    if shard is None or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise TextEncoderFileError(f"{index} names a shard outside its folder: {str(name)[:200]!r}")
+    if shard.suffix.lower() != ".safetensors":
+        raise TextEncoderFileError(f"{index} names a shard that is not a .safetensors file: {name[:200]!r}; "
+                                   "only safetensors are ever read")
+    if shard.exists() and not shard.resolve().is_relative_to(folder.resolve()):
+        raise TextEncoderFileError(f"{index} names a shard that links outside its folder: {name[:200]!r}")
+    return shard
 
 
 def _single_file(path: Path) -> Path:

@@ -39,7 +39,7 @@ def model_name_problem(folder_name: str, name, folder_markers: tuple[str, ...], 
     POST /prompt time (validate_inputs) and again before loading."""
     if not isinstance(name, str):
         return (f"{input_name} must be a model name (text) picked from the list, got {type(name).__name__} "
-                f"{str(name)[:80]!r}")
+                f"{repr(name)[:80]}")
     if not name:
         return f"no {folder_name} model selected in {input_name}; pick one from the list"
     if os.path.isabs(name) or ".." in Path(name.rstrip("/")).parts or "\\" in name or "\0" in name:
@@ -52,6 +52,14 @@ def model_name_problem(folder_name: str, name, folder_markers: tuple[str, ...], 
         return (f"{name[:200]!r} is not in ComfyUI's {folder_name} folder(s) {folder_paths.get_folder_paths(folder_name)}; "
                 "put the .safetensors file (or model folder) there, refresh the page and pick it from the list")
     return None
+
+
+def check_model_name(input_name: str, name, folder_name: str, folder_markers: tuple[str, ...]) -> bool | str:
+    """For `validate_inputs`: True, or why the name is refused (see model_name_problem). None is
+    what ComfyUI passes for a linked input: it is checked again when the node runs."""
+    if name is None:
+        return True
+    return model_name_problem(folder_name, name, folder_markers, input_name) or True
 
 
 def resolve_model(folder_name: str, name: str, folder_markers: tuple[str, ...]) -> Path:
@@ -90,8 +98,3 @@ def first_problem(*checks) -> bool | str:
             return result
     return True
 
-
-def check_choice(input_name: str, value, options) -> None:
-    """V3 combo values are not checked by ComfyUI 0.3.75 at POST /prompt; check them here."""
-    if value not in options:
-        raise ValueError(f"{input_name} must be one of {', '.join(map(repr, options))}; got {str(value)[:80]!r}")

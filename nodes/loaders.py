@@ -15,7 +15,9 @@ from ..ideogram4_core.checkpoint_errors import SameCheckpointWarning
 from ..ideogram4_core.memory import weight_bytes
 from ..ideogram4_core.text_encoder import load_text_encoder
 from .comfy_model import wrap_dit
-from .files import check_choice, file_fingerprint, first_problem, list_models, resolve_model
+from . import faults
+from .files import check_choice, check_model_name, file_fingerprint, first_problem, list_models, resolve_model
+from .oom import oom_guard
 
 TextEncoderType = io.Custom("IDEOGRAM4_TEXT_ENCODER")
 
@@ -61,10 +63,10 @@ class Ideogram4ModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name, unconditional_model_name, quantization, compute_dtype):
-        models = list_models(DIT_FOLDER, DIT_MARKERS)
         return first_problem(
-            check_choice("model_name", model_name, models),
-            check_choice("unconditional_model_name", unconditional_model_name, [FROM_FOLDER, NO_UNCONDITIONAL, *models]),
+            check_model_name("model_name", model_name, DIT_FOLDER, DIT_MARKERS),
+            unconditional_model_name in (FROM_FOLDER, NO_UNCONDITIONAL)
+            or check_model_name("unconditional_model_name", unconditional_model_name, DIT_FOLDER, DIT_MARKERS),
             check_choice("quantization", quantization, DIT_QUANT),
             check_choice("compute_dtype", compute_dtype, DTYPES),
         )
@@ -78,7 +80,7 @@ class Ideogram4ModelLoader(io.ComfyNode):
     def execute(cls, model_name, unconditional_model_name, quantization, compute_dtype) -> io.NodeOutput:
         options = dict(quantization=DIT_QUANT[quantization], compute_dtype=DTYPES[compute_dtype])
         path = resolve_model(DIT_FOLDER, model_name, DIT_MARKERS)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, oom_guard("loading", model_name):
             warnings.simplefilter("always", SameCheckpointWarning)
             if unconditional_model_name == FROM_FOLDER:
                 if not (path / "unconditional_transformer").is_dir():
@@ -90,6 +92,7 @@ class Ideogram4ModelLoader(io.ComfyNode):
             else:
                 uncond_path = resolve_model(DIT_FOLDER, unconditional_model_name, DIT_MARKERS)
                 cond, uncond = load_transformer_pair(path, uncond_path, **options)
+            faults.fault_point("load")  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
         for w in caught:
             print(f"[Ideogram 4] warning: {w.message}")
         return io.NodeOutput(wrap_dit(cond), None if uncond is None else wrap_dit(uncond))
@@ -146,7 +149,7 @@ class Ideogram4TextEncoderLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, text_encoder_name, quantization, compute_dtype):
         return first_problem(
-            check_choice("text_encoder_name", text_encoder_name, list_models(TE_FOLDER, TE_MARKERS)),
+            check_model_name("text_encoder_name", text_encoder_name, TE_FOLDER, TE_MARKERS),
             check_choice("quantization", quantization, TE_QUANT),
             check_choice("compute_dtype", compute_dtype, DTYPES),
         )
@@ -158,6 +161,7 @@ class Ideogram4TextEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder_name, quantization, compute_dtype) -> io.NodeOutput:
         path = resolve_model(TE_FOLDER, text_encoder_name, TE_MARKERS)
-        encoder = load_text_encoder(path, device=comfy.model_management.text_encoder_offload_device(),
-                                    dtype=DTYPES[compute_dtype], quantize=quantization)
+        with oom_guard("loading", text_encoder_name):
+            encoder = load_text_encoder(path, device=comfy.model_management.text_encoder_offload_device(),
+                                        dtype=DTYPES[compute_dtype], quantize=quantization)
         return io.NodeOutput(TextEncoderHandle(encoder))

@@ -16,8 +16,10 @@ from ..ideogram4_core.memory import dit_activation_bytes
 from ..ideogram4_core.sampling import initial_noise, sample
 from ..ideogram4_core.schedule import PRESETS, custom_plan, preset_plan
 from ..ideogram4_core.sizes import check_size
+from . import faults
 from .comfy_model import unwrap_dit
 from .files import check_choice
+from .oom import oom_guard
 
 CUSTOM = "Custom"
 PRESET_NAMES = {"Quality 48": "V4_QUALITY_48", "Default 20": "V4_DEFAULT_20", "Turbo 12": "V4_TURBO_12"}
@@ -34,8 +36,11 @@ def parse_guidance_list(text: str, steps: int) -> list[float] | None:
     if len(values) != steps:
         raise ValueError(f"guidance_list has {len(values)} values but steps is {steps}: give one value per step, "
                          "first value = first (noisiest) step")
-    if any(not (0.0 <= v <= 30.0) for v in values):
-        raise ValueError("guidance_list values must be between 0 and 30")
+    bad = [(i, v) for i, v in enumerate(values, 1) if not (0.0 <= v <= 30.0)]  # also refuses nan / inf
+    if bad:
+        shown = ", ".join(f"step {i}: {v:g}" for i, v in bad[:5])
+        raise ValueError(f"guidance_list values must be between 0 and 30 ({shown}); the official schedule "
+                         "uses 7 for the main steps and 3 for the last ones")
     return values
 
 
@@ -97,7 +102,8 @@ class Ideogram4Sampler(io.ComfyNode):
         check_size(width, height)
         if preset == CUSTOM:
             if polish_steps > steps:
-                raise ValueError(f"polish_steps ({polish_steps}) cannot exceed steps ({steps})")
+                raise ValueError(f"polish_steps ({polish_steps}) cannot exceed steps ({steps}); set polish_steps "
+                                 f"to 0-{steps} or raise steps")
             plan = custom_plan(width, height, steps, mu, std, guidance, polish_guidance, polish_steps,
                                parse_guidance_list(guidance_list or "", steps))
         elif preset in PRESET_NAMES:
@@ -115,16 +121,18 @@ class Ideogram4Sampler(io.ComfyNode):
         patchers = [model] + ([] if unconditional_model is None else [unconditional_model])
         seq = max(counts) + grid_h * grid_w
         activations = dit_activation_bytes(cond.config, batch, seq, masked=min(counts) != max(counts))
-        comfy.model_management.load_models_gpu(patchers, memory_required=activations)
+        with oom_guard("sampling", f"{width}x{height}, batch {batch}"):
+            comfy.model_management.load_models_gpu(patchers, memory_required=activations)
 
-        previewer = latent_preview.prepare_callback(model, plan.steps)
+            previewer = latent_preview.prepare_callback(model, plan.steps)
 
-        def on_step(step):
-            preview_latent = tokens_to_comfy(step.latents, grid_h, grid_w)
-            previewer(step.index, preview_latent, preview_latent, step.total)  # also checks Cancel
+            def on_step(step):
+                faults.fault_point("step")  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
+                preview_latent = tokens_to_comfy(step.latents, grid_h, grid_w)
+                previewer(step.index, preview_latent, preview_latent, step.total)  # also checks Cancel
 
-        noise = initial_noise(batch, grid_h * grid_w, seed)
-        with torch.inference_mode():
-            tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step)
+            noise = initial_noise(batch, grid_h * grid_w, seed)
+            with torch.inference_mode():
+                tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step)
         samples = tokens_to_comfy(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples, "ideogram4": True})

@@ -7,9 +7,13 @@ from comfy_api.latest import io
 
 import comfy.model_management
 
+from ..ideogram4_core.caption_issues import CaptionError
+from ..ideogram4_core.caption_parse import refuse_unbounded
 from ..ideogram4_core.caption_verify import verify_caption
+from . import faults
 from .files import check_choice, first_problem
 from .loaders import TextEncoderType
+from .oom import oom_guard
 
 CAPTION_CHECKS = ["repair", "strict", "warn"]
 PLAIN_TEXT = ["wrap", "pass"]
@@ -51,9 +55,10 @@ class Ideogram4TextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, caption_check, plain_text):
+    def validate_inputs(cls, caption_check, plain_text, caption=None):
         return first_problem(check_choice("caption_check", caption_check, CAPTION_CHECKS),
-                             check_choice("plain_text", plain_text, PLAIN_TEXT))
+                             check_choice("plain_text", plain_text, PLAIN_TEXT),
+                             _caption_bounds(caption))
 
     @classmethod
     def execute(cls, text_encoder, caption, caption_check, plain_text) -> io.NodeOutput:
@@ -63,12 +68,26 @@ class Ideogram4TextEncode(io.ComfyNode):
             print(f"[Ideogram 4] caption check:\n{report}")
         encoder = text_encoder.encoder
         encoder.tokenize(result.caption)  # refuses > 2048 tokens before any model is loaded
-        comfy.model_management.load_models_gpu([text_encoder.patcher])
-        try:
-            encoded = encoder.encode(result.caption)
-        finally:
-            unload(text_encoder.patcher)  # the DiTs need the room; the encoder is done
+        with oom_guard("encoding"):
+            comfy.model_management.load_models_gpu([text_encoder.patcher])
+            try:
+                encoded = encoder.encode(result.caption)
+                faults.fault_point("encode")  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
+            finally:
+                unload(text_encoder.patcher)  # the DiTs need the room; the encoder is done
         features = encoded.features.to(comfy.model_management.intermediate_device())
         count = encoded.token_counts[0]
         conditioning = [[features, {"ideogram4_token_counts": [count]}]]
         return io.NodeOutput(conditioning, count, report)
+
+
+def _caption_bounds(caption) -> bool | str:
+    """At POST /prompt: refuse a caption too large or too deeply nested before it is parsed (a
+    linked caption arrives as None and is checked when the node runs)."""
+    if not isinstance(caption, str):
+        return True
+    try:
+        refuse_unbounded(caption)
+    except CaptionError as err:
+        return str(err)
+    return True

@@ -3,16 +3,21 @@ the batch-norm statistics stored in the VAE file (spec §E.2)."""
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+
+import torch
 
 from comfy_api.latest import io
 
 import comfy.model_management
 
-from ..ideogram4_core.constants import LATENT_CHANNELS
+from ..ideogram4_core.constants import LATENT_CHANNELS, PIXELS_PER_TOKEN
 from ..ideogram4_core.latents import comfy_to_tokens
 from ..ideogram4_core.vae import decode_tokens
 from ..ideogram4_core.vae_file import compare_batch_norm, vae_from_state_dict
+from . import faults
+from .oom import oom_guard
 
 # One converted decoder per ComfyUI VAE object, dropped with it.
 _DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -30,6 +35,29 @@ def flux2_decoder(vae):
             print(f"[Ideogram 4] {comparison}")
         _DECODERS[vae] = model
     return _DECODERS[vae]
+
+
+@contextlib.contextmanager
+def _cancellable(decoder):
+    """Check ComfyUI's Cancel flag before each decoder stage (and each tile), so a long decode on a
+    slow device stops within one stage instead of running to the end."""
+    def check(*_):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    stages = [m for name in ("mid", "up") for m in _children(decoder, name)]
+    handles = [m.register_forward_pre_hook(check) for m in stages]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _children(decoder, name):
+    module = getattr(decoder, name, None)
+    if module is None:
+        return []
+    return list(module) if isinstance(module, torch.nn.ModuleList) else [module]
 
 
 class Ideogram4VAEDecode(io.ComfyNode):
@@ -56,13 +84,18 @@ class Ideogram4VAEDecode(io.ComfyNode):
         if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS:
             raise ValueError(f"expected an Ideogram 4 latent of shape (B, {LATENT_CHANNELS}, H/16, W/16), got "
                              f"{tuple(latent.shape)}; connect the Ideogram 4 Sampler's output")
-        model = flux2_decoder(vae)
-        device = comfy.model_management.vae_device()
-        model.to(device)
-        try:
-            _, _, grid_h, grid_w = latent.shape
-            images = decode_tokens(model, comfy_to_tokens(latent).to(device), grid_h, grid_w,
-                                   tile_size=tile_size or None)
-        finally:
-            model.to(comfy.model_management.vae_offload_device())
+        batch, _, grid_h, grid_w = latent.shape
+        size = f"{grid_w * PIXELS_PER_TOKEN}x{grid_h * PIXELS_PER_TOKEN}, batch {batch}, tile_size {tile_size}"
+        with oom_guard("decoding", size):
+            model = flux2_decoder(vae)
+            device = comfy.model_management.vae_device()
+            model.to(device)
+            # test-only fault point before the full-resolution level, inert unless IDEOGRAM4_TEST_FAULT is set
+            hook = faults.fault_before(model.decoder.up[0], "decode")
+            try:
+                with hook, _cancellable(model.decoder):
+                    images = decode_tokens(model, comfy_to_tokens(latent).to(device), grid_h, grid_w,
+                                           tile_size=tile_size or None)
+            finally:
+                model.to(comfy.model_management.vae_offload_device())
         return io.NodeOutput(images.to(comfy.model_management.intermediate_device()))

@@ -1,0 +1,140 @@
+"""Issue 8, faults: out of memory while loading, encoding, sampling and decoding, on a real ComfyUI
+server started for this test with the pack's test-only fault hook (nodes/faults.py):
+
+    IDEOGRAM4_TEST_FAULT=oom_in_load,oom_in_encode,oom_in_step:3,oom_in_decode:2
+
+Each stage raises `torch.OutOfMemoryError` once, from inside the real work (after the weights were
+read; after the encoder ran; after step 3's model calls; as the decoder's full-resolution level
+starts, with its largest activations alive). The test checks the message (stage, what to change),
+that the server's resident memory returns to its level before the failed run, and that the next
+prompt succeeds with exactly the result the shared server gives for the same seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_host import ComfyHost
+from reliability_helpers import execution_error, image_prompt, latent_prompt, link_tiny_models, read_latent, saved
+
+FAULTS = "oom_in_load,oom_in_encode,oom_in_step:3,oom_in_decode:2"
+MiB = 2**20
+# Released means back near the level before: allow allocator slack, far below what a failed decode
+# held (its full-resolution activation alone is 256x256 px x 256 channels x 4 bytes = 64 MiB).
+SLACK = 32 * MiB
+
+EXPECTED = {  # stage in the message -> the fix it must name
+    "loading": ["quantization to 'nf4'", "--lowvram"],
+    "encoding": ["'nf4'", "--lowvram"],
+    "sampling": ["smaller size or batch_size", "NF4", "--lowvram"],
+    "decoding": ["tile_size", "smaller size", "--lowvram"],
+}
+
+
+def _faults_module():
+    """nodes/faults.py on its own (the nodes package needs ComfyUI to import)."""
+    spec = importlib.util.spec_from_file_location("ideogram4_faults", Path(__file__).parent.parent / "nodes" / "faults.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fault_spec_parsing_and_one_shot(monkeypatch):
+    faults = _faults_module()
+    assert faults.parse("oom_in_step:3, oom_in_decode") == {"step": 3, "decode": 1}
+    for bad in ("oom_in_steps:3", "crash_in_step", "oom_in_step:x"):
+        with pytest.raises(ValueError, match="IDEOGRAM4_TEST_FAULT"):
+            faults.parse(bad)
+    monkeypatch.delenv(faults.ENV, raising=False)
+    for _ in range(5):
+        faults.fault_point("step")  # unset: inert
+    module = torch.nn.Linear(2, 2)
+    with faults.fault_before(module, "decode"):
+        assert not module._forward_pre_hooks  # nothing registered unless armed
+
+    faults = _faults_module()
+    monkeypatch.setenv(faults.ENV, "oom_in_step:3,oom_in_decode")
+    faults.fault_point("step"), faults.fault_point("step")
+    with pytest.raises(torch.OutOfMemoryError, match="injected"):
+        faults.fault_point("step")
+    faults.fault_point("step")  # spent
+    with pytest.raises(torch.OutOfMemoryError):
+        with faults.fault_before(module, "decode"):
+            module(torch.zeros(1, 2))
+    assert not module._forward_pre_hooks  # removed again
+    module(torch.zeros(1, 2))
+
+
+@pytest.fixture(scope="module")
+def faulty_server(tiny_server):
+    shared, _ = tiny_server
+    host = ComfyHost(env={"IDEOGRAM4_TEST_FAULT": FAULTS})
+    link_tiny_models(shared, host)
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def _stage(message: str) -> str:
+    for stage in EXPECTED:
+        if f"ran out of memory while {stage}" in message:
+            return stage
+    raise AssertionError(f"not an Ideogram 4 out-of-memory message: {message}")
+
+
+def _check_message(error: dict) -> str:
+    message = error["exception_message"]
+    stage = _stage(message)
+    assert error["exception_type"].endswith("Ideogram4OutOfMemoryError"), error["exception_type"]
+    assert "injected out-of-memory error" in message  # the cause is kept in the message
+    for fix in EXPECTED[stage]:
+        assert fix in message, (fix, message)
+    assert "released" in message
+    return stage
+
+
+def test_out_of_memory_in_every_stage_is_actionable_and_released(faulty_server, tiny_server):
+    host, shared = faulty_server, tiny_server[0]
+    figures = {"boot": host.rss_bytes()}
+
+    # Loading, encoding and sampling fail in turn (loading and encoding in whichever order ComfyUI
+    # runs the two loaders); each failed prompt is simply queued again, as a user would.
+    prompt = image_prompt(seed=41, prefix="oom_a")
+    stages = []
+    for _ in range(3):
+        entry = host.wait_for(host.post_prompt(prompt), timeout=600)
+        assert entry["status"]["status_str"] == "error"
+        error = execution_error(entry)
+        stages.append(_check_message(error))
+        figures[f"after {stages[-1]} OOM"] = host.rss_bytes()
+    assert sorted(stages[:2]) == ["encoding", "loading"] and stages[2] == "sampling", stages
+    assert "Got an OOM, unloading all loaded models" in host.log  # ComfyUI's own OOM handling ran too
+
+    # The same prompt now succeeds, with exactly the latent the shared server computes for it.
+    entry = host.run(prompt, timeout=600)
+    reference = shared.run(latent_prompt(seed=41, prefix="oom_reference"), timeout=600)
+    assert torch.equal(read_latent(host, entry), read_latent(shared, reference))
+    (image,) = saved(host, entry, ".png")
+    assert np.asarray(Image.open(image)).shape == (256, 256, 3)
+    before = figures["steady, before decode OOM"] = host.rss_bytes()
+
+    # Second decode: out of memory as the full-resolution level starts.
+    entry = host.wait_for(host.post_prompt(image_prompt(seed=42, prefix="oom_b")), timeout=600)
+    assert _check_message(execution_error(entry)) == "decoding"
+    after = figures["after decode OOM"] = host.rss_bytes()
+
+    entry = host.run(image_prompt(seed=42, prefix="oom_c"), timeout=600)
+    assert len(saved(host, entry, ".png")) == 1
+    final = figures["after next prompt"] = host.rss_bytes()
+
+    print("\nserver RSS (MiB): " + ", ".join(f"{k} {v / MiB:.0f}" for k, v in figures.items()))
+    assert after - before < SLACK, f"decode OOM kept {(after - before) / MiB:.0f} MiB"
+    assert final - before < SLACK, f"after the next prompt {(final - before) / MiB:.0f} MiB more"
