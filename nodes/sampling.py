@@ -128,11 +128,18 @@ class Ideogram4Sampler(io.ComfyNode):
 
             def on_step(step):
                 faults.fault_point("step")  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
-                preview_latent = tokens_to_comfy(step.latents, grid_h, grid_w)
-                previewer(step.index, preview_latent, preview_latent, step.total)  # also checks Cancel
+                x0 = tokens_to_comfy(step.denoised, grid_h, grid_w)
+                previewer(step.index, x0, tokens_to_comfy(step.latents, grid_h, grid_w), step.total)  # checks Cancel
+
+            by_model = {id(cond): model, id(uncond): unconditional_model}
+
+            def before_pass(dit):
+                # Both stay resident when they fit (then this is a no-op); otherwise ComfyUI swaps them.
+                comfy.model_management.load_models_gpu([by_model[id(dit)]], memory_required=activations)
 
             noise = initial_noise(batch, grid_h * grid_w, seed)
             with torch.inference_mode():
-                tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step)
+                tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step,
+                                before_pass=before_pass)
         samples = tokens_to_comfy(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples, "ideogram4": True})
