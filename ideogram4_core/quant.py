@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
+DEQUANT_ROWS = 1024  # rows dequantised per chunk (about 200 MB of float32 at the widest layer)
 
 
 class FP8Linear(nn.Module):
@@ -35,7 +36,15 @@ class FP8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return (self.weight.to(torch.float32) * self.weight_scale).to(dtype)
+        # A few rows at a time: the float32 product of a whole layer would be a 1 GB temporary for
+        # llm_cond_proj (4608 x 53248); the values are the same either way.
+        out = torch.empty(self.weight.shape, dtype=dtype, device=self.weight.device)
+        per_row = self.weight_scale.ndim > 0
+        for start in range(0, self.out_features, DEQUANT_ROWS):
+            rows = slice(start, start + DEQUANT_ROWS)
+            scale = self.weight_scale[rows] if per_row else self.weight_scale
+            out[rows] = (self.weight[rows].to(torch.float32) * scale).to(dtype)
+        return out
 
     # "auto": a real FP8 matmul where the GPU has FP8 tensor cores (see `scaled_mm_mode`), otherwise
     # dequantise this one layer. Tests force "scaled_mm_rowwise" / "scaled_mm_tensorwise" on CPU
