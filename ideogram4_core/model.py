@@ -69,7 +69,7 @@ class Ideogram4Config:
             raise ValueError(f"layer numbering has gaps: layers {absent} are missing")
         ffn = _intermediate_size(shapes, hidden)
         return cls(
-            in_channels=_in_channels(shapes, hidden),
+            in_channels=_in_channels(shapes),
             num_layers=num_layers,
             num_heads=hidden // head_dim,
             head_dim=head_dim,
@@ -82,8 +82,9 @@ class Ideogram4Config:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _in_channels(shapes: Mapping[str, tuple], hidden: int) -> int:
-    # input_proj.weight is (hidden, in) when unquantised; the output layer's bias is (in,) always.
+def _in_channels(shapes: Mapping[str, tuple]) -> int:
+    # The output layer's bias is (in,) whatever the weights' quantisation; input_proj.weight is
+    # (hidden, in) only when unquantised.
     return shapes.get("final_layer.linear.bias", shapes["input_proj.weight"][-1:])[0]
 
 
