@@ -26,8 +26,6 @@ The same-file warning for a conditional/unconditional pair is emitted with `warn
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import warnings
 from contextlib import ExitStack
@@ -43,6 +41,7 @@ from .checkpoint_errors import (
     CorruptCheckpointError,
     SameCheckpointWarning,
 )
+from .memory import release_freed_heap
 from .model import Ideogram4Config, Ideogram4Transformer
 from .quant import ConcatLinear, FP8Linear, nf4_linear_from_float, nf4_linear_from_packed, quantize_fp8_per_row
 from .safetensors_io import TensorReader
@@ -104,7 +103,7 @@ def load_transformer(
             else:
                 loader.plain_module(name, module)
             if converting:
-                _release_freed_memory()
+                release_freed_heap()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # detection checked every key, so this would be a bug here, not a bad file
         raise RuntimeError(f"internal error: parameters never loaded: {left[:5]}")
@@ -183,26 +182,6 @@ def _same_file(x: Path, y: Path) -> bool:
         return os.path.samefile(x, y)
     except OSError:
         return False
-
-
-def _release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
-
-    glibc raises its mmap threshold after the first large free, so later read buffers and
-    quantisation temporaries come from the heap, and the holes they leave between long-lived
-    weights are never returned: without this, quantising a 473 MB fp32 file to FP8 peaked at
-    846 MB for a 121 MB model."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 def _modules_in_file_order(model: nn.Module, info: CheckpointInfo):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import torch
 from torch import nn
 
@@ -31,3 +34,23 @@ def dit_activation_bytes(config: Ideogram4Config, batch: int, seq_len: int, mask
     if masked:
         total += batch * seq_len * seq_len
     return int(total * 1.5)
+
+
+def release_freed_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
+
+    glibc raises its mmap threshold after the first large free, so later temporaries come from the
+    heap, and the holes they leave between long-lived tensors are never returned: without this,
+    quantising a 473 MB fp32 file to FP8 peaked at 846 MB for a 121 MB model, and a server kept
+    the activations of a failed (out-of-memory) run as resident memory."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None

@@ -15,6 +15,8 @@ import torch
 
 import comfy.model_management
 
+from ..ideogram4_core.memory import release_freed_heap
+
 # What to change, per stage; the message names the node and input to touch.
 FIXES = {
     "loading": "load the NF4 release or set quantization to 'nf4' in Load Ideogram 4 Models (about 5.2 GB per "
@@ -49,6 +51,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def release_memory() -> None:
     gc.collect()
+    release_freed_heap()
     comfy.model_management.soft_empty_cache()
 
 
