@@ -122,3 +122,31 @@ def test_native_ksampler_drives_our_model(tiny_server):
     prompt["7"]["inputs"]["samples"] = ["9", 0]
     image = run_image(host, prompt)
     assert image.shape == (SIZE[1], SIZE[0], 3) and image.std() > 5
+
+
+def test_live_latent_previews_reach_the_client(tiny_server):
+    """With previews on (`--preview-method latent2rgb`), each sampling step sends the client an
+    image decoded from the step's clean-image estimate."""
+    from comfy_host import ComfyHost
+    from reliability_helpers import link_tiny_models
+
+    shared, _ = tiny_server
+    host = ComfyHost(extra_args=["--preview-method", "latent2rgb"])
+    link_tiny_models(shared, host)
+    host.start()
+    try:
+        prompt = tiny_prompt(seed=8, prefix="previews")
+        for node in ("6", "7", "8"):  # stop at the latent: previews come from the sampler
+            del prompt[node]
+        prompt["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "previews"}}
+        previews = []
+        with host.websocket() as ws:
+            prompt_id = host.post_prompt(prompt)
+            for kind, msg in ws.messages(until_prompt_done=prompt_id, timeout=300):
+                if kind == "binary" and msg[0] == 1:  # PREVIEW_IMAGE: uint32 format, then the image
+                    previews.append(msg[1][4:])
+        assert host.wait_for(prompt_id)["status"]["status_str"] == "success"
+        assert len(previews) >= 6, len(previews)  # Turbo 12: one per step (the last few may coalesce)
+        assert all(p[:3] == b"\xff\xd8\xff" or p[:4] == b"\x89PNG" for p in previews)
+    finally:
+        host.stop()
