@@ -150,3 +150,18 @@ def test_live_latent_previews_reach_the_client(tiny_server):
         assert all(p[:3] == b"\xff\xd8\xff" or p[:4] == b"\x89PNG" for p in previews)
     finally:
         host.stop()
+
+
+def test_official_vae_in_diffusers_naming_decodes_identically(tiny_server):
+    """The official release's vae/diffusion_pytorch_model.safetensors uses diffusers key names;
+    placed in models/vae it loads through ComfyUI's own Load VAE and decodes like the BFL file."""
+    from safetensors.torch import save_file
+
+    host, models = tiny_server
+    name = "official_vae_diffusers_naming.safetensors"
+    state = {k: v.contiguous() for k, v in models.vae.state_dict().items()}
+    save_file(state, str(host.models_dir / "vae" / name))
+    bfl = run_image(host, tiny_prompt(seed=9, prefix="vae_bfl"))
+    prompt = tiny_prompt(seed=9, prefix="vae_diffusers")
+    prompt["6"]["inputs"]["vae_name"] = name
+    assert np.array_equal(run_image(host, prompt), bfl)
