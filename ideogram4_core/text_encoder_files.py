@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
+from .checkpoint_errors import CheckpointError
 from .constants import TEXT_ENCODER_TAP_LAYERS
+from .safetensors_io import SafetensorsHeader, TensorReader, read_header
 
 LANGUAGE_MODEL_PREFIXES = ("model.language_model.", "language_model.")
 REQUIRED_LAYERS = TEXT_ENCODER_TAP_LAYERS[-1] + 1  # 36: the last tap is the last layer
@@ -68,67 +69,52 @@ class Nf4Weight:
 
 
 class SafetensorsWeights:
-    """Lazy view of one or more safetensors files: headers up front, tensors read one at a time."""
+    """Lazy view of one or more safetensors files: validated headers up front (safetensors_io, the
+    same bounded reader as the DiT loader), tensors read one at a time."""
 
-    def __init__(self, key_to_file: dict[str, Path], metadata: dict[str, str]):
-        self.key_to_file = key_to_file
-        self.metadata = metadata
+    def __init__(self, headers: list[SafetensorsHeader]):
+        self.headers = headers
+        self.key_to_header = {key: h for h in headers for key in h.tensors}
+        self.metadata = {k: v for h in headers for k, v in h.metadata.items()}
         self._stack = contextlib.ExitStack()
-        self._handles: dict[Path, object] = {}
+        self._readers: dict[Path, TensorReader] = {}
 
     @classmethod
     def open(cls, files: list[Path]) -> "SafetensorsWeights":
-        key_to_file: dict[str, Path] = {}
-        metadata: dict[str, str] = {}
-        for path in files:
-            with _open_safetensors(path) as handle:
-                metadata.update(handle.metadata() or {})
-                for key in handle.keys():
-                    key_to_file[key] = path
-        return cls(key_to_file, metadata)
+        return cls([_guarded(path, read_header, path) for path in files])
 
     def __contains__(self, key: str) -> bool:
-        return key in self.key_to_file
+        return key in self.key_to_header
 
     def keys(self):
-        return self.key_to_file.keys()
-
-    def _handle(self, path: Path):
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(_open_safetensors(path))
-        return self._handles[path]
+        return self.key_to_header.keys()
 
     def get(self, key: str) -> torch.Tensor:
-        path = self.key_to_file[key]
-        try:
-            return self._handle(path).get_tensor(key)
-        except Exception as exc:  # safetensors raises its own error types for truncated data
-            raise TextEncoderFileError(
-                f"{path}: cannot read tensor {key!r} ({exc}); the file looks corrupt or truncated"
-            ) from exc
+        header = self.key_to_header[key]
+        if header.path not in self._readers:
+            self._readers[header.path] = _guarded(header.path, self._stack.enter_context, TensorReader(header))
+        return _guarded(header.path, self._readers[header.path].read, key)
 
     def dtype_name(self, key: str) -> str:
-        return self._handle(self.key_to_file[key]).get_slice(key).get_dtype()
+        return self.key_to_header[key].tensors[key].dtype
 
     def shape(self, key: str) -> list[int]:
-        return list(self._handle(self.key_to_file[key]).get_slice(key).get_shape())
+        return list(self.key_to_header[key].tensors[key].shape)
 
     def close(self) -> None:
         self._stack.close()
-        self._handles.clear()
+        self._readers.clear()
 
 
-@contextlib.contextmanager
-def _open_safetensors(path: Path):
+def _guarded(path: Path, call, *args):
+    """Run a safetensors_io call, turning its file errors into this module's error type."""
     try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:
+        return call(*args)
+    except CheckpointError as exc:
         raise TextEncoderFileError(
             f"{path} is not a readable safetensors file ({exc}); expected a Qwen3-VL text encoder "
             "in safetensors format (the file may be truncated or corrupt)"
         ) from exc
-    with handle:
-        yield handle
 
 
 @dataclass

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from .checkpoint_errors import CheckpointError
 from .constants import LATENT_CHANNELS, VAE_CHANNELS
 from .latents import LATENT_SCALE, LATENT_SHIFT, comfy_to_tokens
+from .safetensors_io import TensorReader, read_header
 from .vae import Flux2VAE, Flux2VAEConfig
 
 
@@ -124,14 +125,14 @@ def load_vae(path: str | Path, *, device: torch.device | str = "cpu", dtype: tor
     if path.suffix.lower() != ".safetensors":
         raise Flux2VAEFileError(f"{path.name}: only .safetensors VAE files are read (pickle files are never "
                                 f"loaded); expected a Flux.2 VAE such as flux2-vae.safetensors.", path)
-    try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as error:  # safetensors raises its own error types for bad headers
-        raise Flux2VAEFileError(f"{path.name} is not a readable safetensors file ({error}).", path) from error
-    with handle as f:
-        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    try:  # the bounded reader the DiT loader uses: validated header, no memory map of the file
+        header = read_header(path)
+        shapes = {name: info.shape for name, info in header.tensors.items()}
         groups = norm_groups or _groups_from_diffusers_config(path) or 32
-        return _build(shapes, f.get_tensor, path.name, device, dtype, groups)
+        with TensorReader(header) as reader:
+            return _build(shapes, reader.read, path.name, device, dtype, groups)
+    except CheckpointError as error:
+        raise Flux2VAEFileError(f"{path.name} is not a readable safetensors file ({error}).", path) from error
 
 
 def vae_from_state_dict(state_dict: dict[str, torch.Tensor], *, device: torch.device | str | None = None,
