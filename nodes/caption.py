@@ -25,6 +25,7 @@ from ..ideogram4_core.caption_issues import CaptionError
 from ..ideogram4_core.caption_preview import render_layout_preview
 from ..ideogram4_core.caption_schema import ELEMENT_KEYS
 from ..ideogram4_core.caption_verify import verify_caption
+from .latent import side_input
 
 LAYOUT_VERSION = 1
 LAYOUT_KEYS = ("version", "color_palette", "elements")
@@ -102,10 +103,8 @@ class Ideogram4CaptionBuilder(io.ComfyNode):
                                 tooltip="e.g. photograph, illustration, 3d_render, painting, graphic_design."),
                 io.String.Input("background", multiline=True, default="",
                                 tooltip="The backdrop behind the elements."),
-                io.Int.Input("width", default=1024, min=256, max=2048, step=16,
-                             tooltip="Target image width in pixels: sets the canvas aspect ratio and the preview."),
-                io.Int.Input("height", default=1024, min=256, max=2048, step=16,
-                             tooltip="Target image height in pixels: sets the canvas aspect ratio and the preview."),
+                side_input("width", "Target image width in pixels: sets the canvas aspect ratio and the preview."),
+                side_input("height", "Target image height in pixels: sets the canvas aspect ratio and the preview."),
                 io.String.Input("layout", multiline=True, default="",
                                 tooltip='Editor state, written by the canvas: {"version":1,"color_palette":[...],'
                                 '"elements":[{"type","bbox":[y_min,x_min,y_max,x_max] on 0..1000,"text","desc",'

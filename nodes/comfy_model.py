@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import torch
 
+import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 
+from ..ideogram4_core.constants import MAX_TEXT_TOKENS
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
 from ..ideogram4_core.memory import dit_activation_bytes, weight_bytes
 from ..ideogram4_core.model import Ideogram4Transformer
@@ -66,7 +68,7 @@ class Ideogram4BaseModel(comfy.model_base.BaseModel):
 
     def memory_required(self, input_shape, cond_shapes={}):
         # For native samplers: a batch of cond + uncond passes over the longest caption seen.
-        text = max([s[1] for s in cond_shapes.get("c_crossattn", []) if len(s) > 1] or [2048])
+        text = max([s[1] for s in cond_shapes.get("c_crossattn", []) if len(s) > 1] or [MAX_TEXT_TOKENS])
         batch, _, grid_h, grid_w = input_shape
         return dit_activation_bytes(self.diffusion_model.dit.config, batch, text + grid_h * grid_w, masked=True)
 
@@ -74,8 +76,6 @@ class Ideogram4BaseModel(comfy.model_base.BaseModel):
         out = super().extra_conds(**kwargs)
         mask = kwargs.get("attention_mask")
         if mask is not None and not bool(mask.all()):
-            import comfy.conds
-
             out["attention_mask"] = comfy.conds.CONDRegular(mask)
         return out
 

@@ -7,11 +7,16 @@ from comfy_api.latest import io
 
 import comfy.model_management
 
-from ..ideogram4_core.constants import LATENT_CHANNELS
+from ..ideogram4_core.constants import LATENT_CHANNELS, MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
 from ..ideogram4_core.sizes import latent_grid
 from .files import check_choice
 
 CUSTOM = "custom (width x height below)"
+
+
+def side_input(input_id: str, tooltip: str) -> io.Int.Input:
+    """A width or height widget with the model's size limits (also used by the caption builder)."""
+    return io.Int.Input(input_id, default=1024, min=MIN_SIDE, max=MAX_SIDE, step=SIZE_MULTIPLE, tooltip=tooltip)
 # Sizes from the official docs (spec §E.3); each satisfies the size rules.
 SIZE_PRESETS = {
     "1:1 1024x1024": (1024, 1024),
@@ -38,10 +43,8 @@ class Ideogram4EmptyLatent(io.ComfyNode):
             inputs=[
                 io.Combo.Input("size_preset", options=[CUSTOM, *SIZE_PRESETS], default="1:1 1024x1024",
                                tooltip="An official example size, or custom to use width and height."),
-                io.Int.Input("width", default=1024, min=256, max=2048, step=16,
-                             tooltip="Used with the custom preset: 256-2048, a multiple of 16."),
-                io.Int.Input("height", default=1024, min=256, max=2048, step=16,
-                             tooltip="Used with the custom preset: 256-2048, a multiple of 16."),
+                side_input("width", f"Used with the custom preset: {MIN_SIDE}-{MAX_SIDE}, a multiple of {SIZE_MULTIPLE}."),
+                side_input("height", f"Used with the custom preset: {MIN_SIDE}-{MAX_SIDE}, a multiple of {SIZE_MULTIPLE}."),
                 io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="Images per run."),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent")],
