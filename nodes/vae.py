@@ -14,6 +14,7 @@ import comfy.model_management
 
 from ..ideogram4_core.constants import LATENT_CHANNELS, PIXELS_PER_TOKEN
 from ..ideogram4_core.latents import comfy_to_tokens
+from ..ideogram4_core.memory import release_freed_heap
 from ..ideogram4_core.vae import decode_tokens
 from ..ideogram4_core.vae_file import compare_batch_norm, vae_from_state_dict
 from . import faults
@@ -98,4 +99,7 @@ class Ideogram4VAEDecode(io.ComfyNode):
                                            tile_size=tile_size or None)
             finally:
                 model.to(comfy.model_management.vae_offload_device())
+                # Decoding frees hundreds of MB of full-resolution temporaries (GBs at 2048^2 on a
+                # CPU host); give them back instead of letting the server's resident memory keep them.
+                release_freed_heap()
         return io.NodeOutput(images.to(comfy.model_management.intermediate_device()))
