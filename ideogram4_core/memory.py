@@ -8,7 +8,7 @@ import functools
 import torch
 from torch import nn
 
-from .model import Ideogram4Config
+from .model.transformer import Ideogram4Config
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -20,11 +20,11 @@ import json
 
 from comfy_api.latest import io
 
-from ..ideogram4_core.caption_build import STYLE_KINDS, build_caption
-from ..ideogram4_core.caption_issues import CaptionError
-from ..ideogram4_core.caption_preview import render_layout_preview
-from ..ideogram4_core.caption_schema import ELEMENT_KEYS
-from ..ideogram4_core.caption_verify import verify_caption
+from ..ideogram4_core.captions.build import STYLE_KINDS, build_caption
+from ..ideogram4_core.captions.issues import CaptionError
+from ..ideogram4_core.captions.preview import render_layout_preview
+from ..ideogram4_core.captions.schema import ELEMENT_KEYS
+from ..ideogram4_core.captions.verify import verify_caption
 from .latent import side_input
 
 LAYOUT_VERSION = 1

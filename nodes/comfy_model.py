@@ -15,8 +15,8 @@ import comfy.supported_models_base
 from ..ideogram4_core.constants import MAX_TEXT_TOKENS
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
 from ..ideogram4_core.memory import dit_activation_bytes, weight_bytes
-from ..ideogram4_core.model import Ideogram4Transformer
-from ..ideogram4_core.packing import conditional_layout, image_only_layout, pack_image_tokens
+from ..ideogram4_core.model.transformer import Ideogram4Transformer
+from ..ideogram4_core.model.packing import conditional_layout, image_only_layout, pack_image_tokens
 
 
 class Ideogram4ModelConfig(comfy.supported_models_base.BASE):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..ideogram4_core.safetensors_io import PICKLE_SUFFIXES
+from ..ideogram4_core.files.safetensors_io import PICKLE_SUFFIXES
 
 FOLDER_SUFFIX = "/"  # folder entries are shown with a trailing slash, files without
 

@@ -10,10 +10,10 @@ from comfy_api.latest import io
 import comfy.model_management
 import comfy.model_patcher
 
-from ..ideogram4_core.checkpoint import load_transformer, load_transformer_pair
-from ..ideogram4_core.checkpoint_errors import SameCheckpointWarning
+from ..ideogram4_core.files.checkpoint import load_transformer, load_transformer_pair
+from ..ideogram4_core.files.errors import SameCheckpointWarning
 from ..ideogram4_core.memory import weight_bytes
-from ..ideogram4_core.text_encoder import load_text_encoder
+from ..ideogram4_core.text.encoder import load_text_encoder
 from .comfy_model import wrap_dit
 from . import faults
 from .files import check_choice, check_model_name, file_fingerprint, first_problem, list_models, resolve_model

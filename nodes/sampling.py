@@ -13,8 +13,8 @@ import latent_preview
 from ..ideogram4_core.constants import PIXELS_PER_TOKEN
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
 from ..ideogram4_core.memory import dit_activation_bytes
-from ..ideogram4_core.sampling import initial_noise, sample
-from ..ideogram4_core.schedule import PRESETS, custom_plan, preset_plan
+from ..ideogram4_core.sampling.sampler import initial_noise, sample
+from ..ideogram4_core.sampling.schedule import PRESETS, custom_plan, preset_plan
 from ..ideogram4_core.sizes import check_size
 from . import faults
 from .comfy_model import unwrap_dit

@@ -7,9 +7,9 @@ from comfy_api.latest import io
 
 import comfy.model_management
 
-from ..ideogram4_core.caption_issues import CaptionError
-from ..ideogram4_core.caption_parse import refuse_unbounded
-from ..ideogram4_core.caption_verify import verify_caption
+from ..ideogram4_core.captions.issues import CaptionError
+from ..ideogram4_core.captions.parse import refuse_unbounded
+from ..ideogram4_core.captions.verify import verify_caption
 from . import faults
 from .files import check_choice, first_problem
 from .loaders import TextEncoderType

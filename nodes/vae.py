@@ -16,7 +16,7 @@ from ..ideogram4_core.constants import LATENT_CHANNELS, PIXELS_PER_TOKEN
 from ..ideogram4_core.latents import comfy_to_tokens
 from ..ideogram4_core.memory import release_freed_heap
 from ..ideogram4_core.vae import decode_tokens
-from ..ideogram4_core.vae_file import compare_batch_norm, vae_from_state_dict
+from ..ideogram4_core.files.vae_file import compare_batch_norm, vae_from_state_dict
 from . import faults
 from .oom import oom_guard
 

@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ideogram4_core.keys import original_to_diffusers  # noqa: E402
-from ideogram4_core.model import Ideogram4Config, Ideogram4Transformer  # noqa: E402
-from ideogram4_core.sampling import GuidedVelocity  # noqa: E402
+from ideogram4_core.model.keys import original_to_diffusers  # noqa: E402
+from ideogram4_core.model.transformer import Ideogram4Config, Ideogram4Transformer  # noqa: E402
+from ideogram4_core.sampling.sampler import GuidedVelocity  # noqa: E402
 
 MODELS = {
     "full": Ideogram4Config(),
@@ -116,9 +116,9 @@ def diffusers_twin(ours: Ideogram4Transformer):
 
 
 def quantized_copy(model: Ideogram4Transformer, kind: str) -> Ideogram4Transformer:
-    """Our model with the loader's quantisation rule (checkpoint.py: per-block linears and
+    """Our model with the loader's quantisation rule (files/checkpoint.py: per-block linears and
     llm_cond_proj, 99.5 % of the weights) applied through the project's quant layers."""
-    from ideogram4_core import quant
+    from ideogram4_core.model import quant
 
     with torch.device("meta"):
         q = Ideogram4Transformer(model.config)

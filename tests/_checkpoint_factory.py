@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ideogram4_core.keys import diffusers_to_original, original_to_diffusers
-from ideogram4_core.model import Ideogram4Config, Ideogram4Transformer
-from ideogram4_core.packing import conditional_layout, pack_image_tokens, pack_text_features
+from ideogram4_core.model.keys import diffusers_to_original, original_to_diffusers
+from ideogram4_core.model.transformer import Ideogram4Config, Ideogram4Transformer
+from ideogram4_core.model.packing import conditional_layout, pack_image_tokens, pack_text_features
 
 TINY = Ideogram4Config(
     # head_dim 128 is the smallest that holds the real MRoPE split (3 * 20 frequencies <= 64).

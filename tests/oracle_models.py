@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ideogram4_core.keys import diffusers_to_original
-from ideogram4_core.model import Ideogram4Config, Ideogram4Transformer
+from ideogram4_core.model.keys import diffusers_to_original
+from ideogram4_core.model.transformer import Ideogram4Config, Ideogram4Transformer
 
 # head_dim 128 is the smallest that holds the real MRoPE split (3 * 20 = 60 <= 64 frequencies).
 TINY = Ideogram4Config(

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ideogram4_core.keys import diffusers_to_original
+from ideogram4_core.model.keys import diffusers_to_original
 from ideogram4_core.latents import LATENT_SCALE, LATENT_SHIFT
-from ideogram4_core.vae_file import convert_diffusers_state_dict
+from ideogram4_core.files.vae_file import convert_diffusers_state_dict
 from oracle_models import TINY, diffusers_transformer, randomize_
 from text_encoder_fixtures import TINY_TEXT_CONFIG, reference_tokenizer_folder, tiny_qwen3vl, write_hf_folder
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ideogram4_core.model import Ideogram4Config
+from ideogram4_core.model.transformer import Ideogram4Config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 IMPLS = ["ours", "diffusers-default", "diffusers-tuned"]
@@ -63,7 +63,7 @@ def test_wrong_velocities_stop_the_run_before_timing(bench, monkeypatch):
 
 
 def test_quantised_ours_runs_and_reports_its_error(bench):
-    pytest.importorskip("ideogram4_core.quant")
+    pytest.importorskip("ideogram4_core.model.quant")
     report = bench.main(["--tiny", "--quant", "fp8", "--no-diffusers", "--repeats", "1", "--warmup", "0",
                          "--text-tokens", "8"])
     (case,) = report["cases"]

@@ -12,8 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ideogram4_core.caption_issues import CaptionError
-from ideogram4_core.caption_verify import verify_caption
+from ideogram4_core.captions.issues import CaptionError
+from ideogram4_core.captions.verify import verify_caption
 
 GUIDE = json.loads((Path(__file__).parent / "fixtures" / "captions" / "prompting_guide.json")
                    .read_text(encoding="utf-8"))["examples"]

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from ideogram4_core.caption_build import build_caption, build_element, serialize_caption
-from ideogram4_core.caption_preview import render_layout_preview
-from ideogram4_core.caption_verify import verify_caption
+from ideogram4_core.captions.build import build_caption, build_element, serialize_caption
+from ideogram4_core.captions.preview import render_layout_preview
+from ideogram4_core.captions.verify import verify_caption
 
 
 def test_builder_writes_canonical_order_and_omits_empty_optionals():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from ideogram4_core.caption_schema import (CAPTION_SCHEMA, CAPTION_VALIDATOR, COMPOSITION_ORDER, ELEMENT_ORDERS,
+from ideogram4_core.captions.schema import (CAPTION_SCHEMA, CAPTION_VALIDATOR, COMPOSITION_ORDER, ELEMENT_ORDERS,
                                            ELEMENT_PALETTE_MAX, STYLE_ORDER_ART, STYLE_ORDER_PHOTO,
                                            STYLE_PALETTE_MAX, TOP_LEVEL_ORDER, style_order)
 

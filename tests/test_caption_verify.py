@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ideogram4_core.caption_issues import CaptionError, Issue, format_issues
-from ideogram4_core.caption_parse import MAX_CAPTION_BYTES
-from ideogram4_core.caption_verify import verify_caption
+from ideogram4_core.captions.issues import CaptionError, Issue, format_issues
+from ideogram4_core.captions.parse import MAX_CAPTION_BYTES
+from ideogram4_core.captions.verify import verify_caption
 
 FIXTURES = Path(__file__).parent / "fixtures" / "captions"
 GUIDE = json.loads((FIXTURES / "prompting_guide.json").read_text(encoding="utf-8"))["examples"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from _checkpoint_factory import TINY, comfy_fp8_state, nf4_state, plain_state, reference_model, save, write_sharded
-from ideogram4_core.checkpoint import inspect_checkpoint, load_transformer, load_transformer_pair
-from ideogram4_core.checkpoint_errors import (
+from ideogram4_core.files.checkpoint import inspect_checkpoint, load_transformer, load_transformer_pair
+from ideogram4_core.files.errors import (
     CheckpointError,
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -22,8 +22,8 @@ from ideogram4_core.checkpoint_errors import (
     NotSafetensorsError,
     UnsupportedQuantizationError,
 )
-from ideogram4_core.model import Ideogram4Config
-from ideogram4_core.safetensors_io import MAX_HEADER_BYTES, read_header
+from ideogram4_core.model.transformer import Ideogram4Config
+from ideogram4_core.files.safetensors_io import MAX_HEADER_BYTES, read_header
 
 T = torch.zeros(4, 4, dtype=torch.bfloat16)
 FOREIGN = {

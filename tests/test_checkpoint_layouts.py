@@ -39,9 +39,9 @@ from _checkpoint_factory import (
     save,
     write_sharded,
 )
-from ideogram4_core.checkpoint import inspect_checkpoint, load_transformer, load_transformer_pair
-from ideogram4_core.checkpoint_errors import SameCheckpointWarning
-from ideogram4_core.quant import ConcatLinear, FP8Linear
+from ideogram4_core.files.checkpoint import inspect_checkpoint, load_transformer, load_transformer_pair
+from ideogram4_core.files.errors import SameCheckpointWarning
+from ideogram4_core.model.quant import ConcatLinear, FP8Linear
 
 FP8_TOL, NF4_TOL, WIRING_TOL, NF4_WIRING_TOL = 0.07, 0.25, 1e-6, 0.01
 
@@ -140,7 +140,7 @@ def test_diffusers_nf4_keeps_separate_qkv_layers(tmp_path, ref):
 def test_diffusers_fp8_merges_qkv_scales_per_row(tmp_path, ref):
     model, reference = ref
     state, _ = comfy_fp8_state(model, "comfy_quant", prefix="")
-    from ideogram4_core.keys import original_to_diffusers
+    from ideogram4_core.model.keys import original_to_diffusers
 
     # Per-tensor scales of the fused qkv, split as a converter would: each part keeps the scale.
     split = {}

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from _checkpoint_factory import save
-from ideogram4_core.model import Ideogram4Config, Ideogram4Transformer
+from ideogram4_core.model.transformer import Ideogram4Config, Ideogram4Transformer
 
 MEDIUM = Ideogram4Config(
     in_channels=128, num_layers=7, num_heads=4, head_dim=256, intermediate_size=4096, adaln_dim=64, llm_features_dim=2048
@@ -30,7 +30,7 @@ FIXED_OVERHEAD = 64 * 2**20
 
 MEASURE = r"""
 import json, sys, torch
-from ideogram4_core.checkpoint import load_transformer
+from ideogram4_core.files.checkpoint import load_transformer
 def status(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers.pipelines.ideogram4.pipeline_ideogram4 import Ideogram4Pipeline
 
-from ideogram4_core.model import Ideogram4Config
-from ideogram4_core.packing import conditional_layout, image_only_layout, pack_image_tokens, pack_text_features
+from ideogram4_core.model.transformer import Ideogram4Config
+from ideogram4_core.model.packing import conditional_layout, image_only_layout, pack_image_tokens, pack_text_features
 from oracle_models import TINY, model_pair
 
 FP32_TOL = 1e-5

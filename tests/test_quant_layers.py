@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from _checkpoint_factory import forward, official_fp8_state, reference_model, rel_error, save
-from ideogram4_core.checkpoint import load_transformer
-from ideogram4_core.quant import (
+from ideogram4_core.files.checkpoint import load_transformer
+from ideogram4_core.model.quant import (
     ConcatLinear,
     FP8Linear,
     nf4_linear_from_packed,

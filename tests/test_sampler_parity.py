@@ -10,8 +10,8 @@ they pass through up to 48 Euler steps with guidance 7, which amplifies velocity
 import pytest
 import torch
 
-from ideogram4_core.sampling import SamplingCancelled, initial_noise, sample
-from ideogram4_core.schedule import PRESETS, preset_plan
+from ideogram4_core.sampling.sampler import SamplingCancelled, initial_noise, sample
+from ideogram4_core.sampling.schedule import PRESETS, preset_plan
 from ideogram4_core.sizes import latent_grid
 from oracle_models import model_pair, oracle_pipeline, ours_from
 

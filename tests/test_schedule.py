@@ -5,7 +5,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.ideogram4.pipeline_ideogram4 import _logit_normal_sigmas, _resolution_aware_mu
 
-from ideogram4_core.schedule import PRESETS, T_MIN, custom_plan, guidance_schedule, preset_plan, sigmas
+from ideogram4_core.sampling.schedule import PRESETS, T_MIN, custom_plan, guidance_schedule, preset_plan, sigmas
 
 SIZES = [(256, 256), (1024, 1024), (2048, 2048), (1600, 400), (272, 1632)]
 

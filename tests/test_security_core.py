@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ideogram4_core.text_encoder_files import TextEncoderFileError, open_text_encoder_checkpoint
+from ideogram4_core.files.text_encoder_files import TextEncoderFileError, open_text_encoder_checkpoint
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ideogram4_core.text_encoder import load_text_encoder
-from ideogram4_core.text_encoder_files import TextEncoderFileError
+from ideogram4_core.text.encoder import load_text_encoder
+from ideogram4_core.files.text_encoder_files import TextEncoderFileError
 from text_encoder_fixtures import tiny_qwen3vl, write_comfy_single_file, write_hf_folder
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from ideogram4_core.text_encoder import load_text_encoder
+from ideogram4_core.text.encoder import load_text_encoder
 from text_encoder_fixtures import (
     reference_features,
     reference_tokenizer_folder,
@@ -129,7 +129,7 @@ def test_nf4_folder(model, tokenizer, tmp_path):
 
 @pytest.mark.parametrize("target", ["nf4", "fp8"])
 def test_quantise_on_load(model, tokenizer, tmp_path, target):
-    from ideogram4_core.quant import dequantize_nf4
+    from ideogram4_core.model.quant import dequantize_nf4
 
     folder = write_hf_folder(model, tmp_path / "text_encoder")
     encoder = load_text_encoder(folder, dtype=torch.float32, quantize=target)
@@ -182,7 +182,7 @@ def test_bf16_run_matches_the_reference_run_in_bf16(model, tokenizer, tmp_path, 
 
 
 def test_encoder_accepts_2048_tokens_and_refuses_2049(model, tmp_path):
-    from ideogram4_core.tokenizer import CaptionTooLongError
+    from ideogram4_core.text.tokenizer import CaptionTooLongError
 
     encoder = load_text_encoder(write_hf_folder(model, tmp_path / "te"), dtype=torch.float32)
     overhead = encoder.count_tokens("a")

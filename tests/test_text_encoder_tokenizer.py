@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from ideogram4_core.constants import MAX_TEXT_TOKENS
-from ideogram4_core.tokenizer import (
+from ideogram4_core.text.tokenizer import (
     BUNDLED_TOKENIZER_DIR,
     CaptionTooLongError,
     TokenizerFilesError,

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ideogram4_core.latents import LATENT_SCALE, LATENT_SHIFT, tokens_to_comfy
 from ideogram4_core.vae import Flux2VAE, _decode_tiled, _tile_spans, decode_tokens, encode_images
-from ideogram4_core.vae_file import (Flux2VAEFileError, compare_batch_norm, convert_diffusers_state_dict, load_vae,
+from ideogram4_core.files.vae_file import (Flux2VAEFileError, compare_batch_norm, convert_diffusers_state_dict, load_vae,
                                      vae_from_state_dict)
 
 diffusers = pytest.importorskip("diffusers")  # test-only oracle, never a runtime dependency

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLModel
 
-from ideogram4_core.quant import quantize_fp8_per_row
-from ideogram4_core.tokenizer import BUNDLED_TOKENIZER_DIR
+from ideogram4_core.model.quant import quantize_fp8_per_row
+from ideogram4_core.text.tokenizer import BUNDLED_TOKENIZER_DIR
 
 TINY_TEXT_CONFIG = dict(
     vocab_size=151936,
@@ -211,7 +211,7 @@ def write_comfy_single_file(model: Qwen3VLModel, path: Path, fmt: str) -> dict[s
 def write_nf4_folder(model: Qwen3VLModel, folder: Path) -> dict[str, torch.Tensor]:
     """A bitsandbytes NF4 folder as transformers saves one: packed `weight` + absmax, quant_map and
     quant_state JSON per Linear, a `quantization_config` in config.json. Returns dequantised weights."""
-    from ideogram4_core.quant import dequantize_nf4, nf4_linear_from_float
+    from ideogram4_core.model.quant import dequantize_nf4, nf4_linear_from_float
 
     folder.mkdir(parents=True)
     lm = model.language_model.state_dict()

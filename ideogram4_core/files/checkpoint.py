@@ -35,15 +35,15 @@ import torch
 from torch import nn
 
 from .checkpoint_detect import CheckpointInfo, StoredLinear, inspect_checkpoint
-from .checkpoint_errors import (
+from .errors import (
     CheckpointError,
     CheckpointMismatchError,
     CorruptCheckpointError,
     SameCheckpointWarning,
 )
-from .memory import release_freed_heap
-from .model import Ideogram4Config, Ideogram4Transformer
-from .quant import ConcatLinear, FP8Linear, nf4_linear_from_float, nf4_linear_from_packed, quantize_fp8_per_row
+from ..memory import release_freed_heap
+from ..model.transformer import Ideogram4Config, Ideogram4Transformer
+from ..model.quant import ConcatLinear, FP8Linear, nf4_linear_from_float, nf4_linear_from_packed, quantize_fp8_per_row
 from .safetensors_io import TensorReader
 
 QUANTIZATIONS = ("as_stored", "nf4", "fp8")

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .caption_parse import parse_caption_text
+from .parse import parse_caption_text
 
 # Distinct colours for elements without a palette (RGB 0..255).
 _DEFAULT_COLOURS = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),

@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from .constants import LATENT_CHANNELS
-from .model import Ideogram4Transformer
-from .packing import conditional_layout, image_only_layout, pack_image_tokens
+from ..constants import LATENT_CHANNELS
+from ..model.transformer import Ideogram4Transformer
+from ..model.packing import conditional_layout, image_only_layout, pack_image_tokens
 from .schedule import SamplingPlan
 
 

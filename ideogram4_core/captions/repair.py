@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .caption_issues import Issue, json_path
-from .caption_schema import (BBOX_AXES, BBOX_MAX, BBOX_MIN, COMPOSITION_ORDER, ELEMENT_KEYS, ELEMENT_ORDERS,
+from .issues import Issue, json_path
+from .schema import (BBOX_AXES, BBOX_MAX, BBOX_MIN, COMPOSITION_ORDER, ELEMENT_KEYS, ELEMENT_ORDERS,
                              KNOWN_FOREIGN_KEYS, STYLE_KEYS, TOP_LEVEL_ORDER, style_order)
 
 _HEX_ANY_CASE = re.compile(r"#[0-9a-fA-F]{6}")

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .caption_issues import CaptionError, Issue, line_column
+from .issues import CaptionError, Issue, line_column
 
 MAX_CAPTION_BYTES = 256 * 1024
 # A valid caption nests 5 deep (root, composition, elements, element, bbox); 32 leaves headroom

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint_errors import CheckpointError
-from .constants import LATENT_CHANNELS, VAE_CHANNELS
-from .latents import LATENT_SCALE, LATENT_SHIFT, comfy_to_tokens
+from .errors import CheckpointError
+from ..constants import LATENT_CHANNELS, VAE_CHANNELS
+from ..latents import LATENT_SCALE, LATENT_SHIFT, comfy_to_tokens
 from .safetensors_io import TensorReader, read_header
-from .vae import Flux2VAE, Flux2VAEConfig
+from ..vae import Flux2VAE, Flux2VAEConfig
 
 
 class Flux2VAEFileError(ValueError):

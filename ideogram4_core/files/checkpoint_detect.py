@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint_errors import (
+from .errors import (
     CheckpointError,
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -30,7 +30,7 @@ from .checkpoint_errors import (
     NotSafetensorsError,
     UnsupportedQuantizationError,
 )
-from .model import Ideogram4Config, Ideogram4Transformer
+from ..model.transformer import Ideogram4Config, Ideogram4Transformer
 from .safetensors_io import PICKLE_SUFFIXES, SafetensorsHeader, TensorInfo, TensorReader, read_header
 
 INDICATOR_KEY = "embed_image_indicator.weight"

@@ -10,9 +10,9 @@ import difflib
 import re
 from typing import Any, Iterator
 
-from .caption_issues import Issue, json_path
-from .caption_parse import DuplicateKeyDict
-from .caption_schema import (BBOX_AXES, CAPTION_VALIDATOR, COMPOSITION_ORDER, ELEMENT_ORDERS, FIELD_HINTS,
+from .issues import Issue, json_path
+from .parse import DuplicateKeyDict
+from .schema import (BBOX_AXES, CAPTION_VALIDATOR, COMPOSITION_ORDER, ELEMENT_ORDERS, FIELD_HINTS,
                              KNOWN_FOREIGN_KEYS, TOP_LEVEL_ORDER, style_order)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_errors import CorruptCheckpointError, NotSafetensorsError
+from .errors import CorruptCheckpointError, NotSafetensorsError
 
 # The largest real header we know of (a Qwen3-VL text encoder with its vision tower) is ~0.3 MB;
 # parsing 16 MiB of adversarial JSON costs at most a few hundred MB of Python objects.

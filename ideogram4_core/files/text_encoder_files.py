@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_errors import CheckpointError
-from .constants import TEXT_ENCODER_TAP_LAYERS
+from .errors import CheckpointError
+from ..constants import TEXT_ENCODER_TAP_LAYERS
 from .safetensors_io import SafetensorsHeader, TensorReader, read_header
 
 LANGUAGE_MODEL_PREFIXES = ("model.language_model.", "language_model.")
@@ -239,7 +239,7 @@ def open_text_encoder_checkpoint(path: str | Path) -> TextEncoderCheckpoint:
     except Exception:
         weights.close()
         raise
-    from .tokenizer import find_tokenizer_folder
+    from ..text.tokenizer import find_tokenizer_folder
 
     tokenizer_dir = find_tokenizer_folder(folder) if folder else None
     return TextEncoderCheckpoint(path, weights, prefix, text_config, quantization_config, tokenizer_dir)

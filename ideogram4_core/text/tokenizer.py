@@ -25,7 +25,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from .constants import MAX_TEXT_TOKENS
+from ..constants import MAX_TEXT_TOKENS
 
 BUNDLED_TOKENIZER_DIR = Path(__file__).with_name("qwen3vl_tokenizer")
 

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
-from .caption_schema import ELEMENT_ORDERS
+from .schema import ELEMENT_ORDERS
 
 STYLE_KINDS = ("none", "photo", "art_style")
 

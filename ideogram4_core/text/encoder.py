@@ -21,9 +21,9 @@ from transformers import Qwen3VLTextConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel, Qwen3VLTextRotaryEmbedding
 
-from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAP_LAYERS
-from .quant import FP8Linear, dequantize_nf4, nf4_linear_from_float, nf4_linear_from_packed, quantize_fp8_per_row
-from .text_encoder_files import (
+from ..constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAP_LAYERS
+from ..model.quant import FP8Linear, dequantize_nf4, nf4_linear_from_float, nf4_linear_from_packed, quantize_fp8_per_row
+from ..files.text_encoder_files import (
     Fp8Weight,
     Nf4Weight,
     TextEncoderCheckpoint,

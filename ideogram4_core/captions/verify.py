@@ -31,11 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .caption_build import serialize_caption, wrap_plain_text
-from .caption_check import check_caption, encoding_issues
-from .caption_issues import CaptionError, Issue, format_issues
-from .caption_parse import parse_caption_text
-from .caption_repair import repair_caption
+from .build import serialize_caption, wrap_plain_text
+from .check import check_caption, encoding_issues
+from .issues import CaptionError, Issue, format_issues
+from .parse import parse_caption_text
+from .repair import repair_caption
 
 MODES = ("strict", "repair", "warn")
 PLAIN_TEXT_CHOICES = ("wrap", "pass")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .constants import LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR
+from ..constants import LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR
 
 
 @dataclass(frozen=True)

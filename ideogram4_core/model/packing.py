@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constants import (
+from ..constants import (
     IMAGE_POSITION_OFFSET,
     IMAGE_SEGMENT,
     LLM_TOKEN_INDICATOR,

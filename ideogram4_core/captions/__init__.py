@@ -1,0 +1,1 @@
+"""Structured captions: schema, parsing, safe repairs, checks, verification, building, previews."""

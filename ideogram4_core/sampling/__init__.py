@@ -1,0 +1,1 @@
+"""Sampling: the logit-normal schedule with presets, and the guided Euler loop."""

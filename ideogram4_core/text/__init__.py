@@ -1,0 +1,1 @@
+"""Text: the offline Qwen3-VL tokenizer and the 13-tap text encoder."""
