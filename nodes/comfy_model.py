@@ -30,11 +30,24 @@ class Ideogram4ModelConfig(comfy.supported_models_base.BASE):
 class ComfyDiT(torch.nn.Module):
     """ComfyUI's calling convention around our DiT: (B, 128, H/16, W/16) latents, sigma as the
     timestep, `context` = text features or None for the image-only unconditional pass. Returns
-    what ComfyUI's flow (CONST) sampling expects: noise - x0 = -velocity, in latent layout."""
+    what ComfyUI's flow (CONST) sampling expects: noise - x0 = -velocity, in latent layout.
+
+    It is a second view of the very same modules, not a container: it shares the DiT's child,
+    parameter and buffer tables, so the MODEL's state-dict keys are `diffusion_model.<original
+    Ideogram key>` (e.g. `diffusion_model.layers.0.attention.qkv.weight`), the names ComfyUI's LoRA
+    key map (`comfy.lora.model_lora_keys_unet`) and its weight patches expect, with no extra
+    `dit.` level and no second copy of any weight. Whatever ComfyUI patches, moves or restores
+    through these names is what the DiT itself runs with (`unwrap_dit`)."""
 
     def __init__(self, dit: Ideogram4Transformer):
         super().__init__()
-        self.dit = dit
+        for table in ("_modules", "_parameters", "_buffers"):
+            object.__setattr__(self, table, getattr(dit, table))
+        object.__setattr__(self, "_dit", dit)  # a plain attribute: not a submodule, not in the state dict
+
+    @property
+    def dit(self) -> Ideogram4Transformer:
+        return self._dit
 
     @property
     def dtype(self) -> torch.dtype:
@@ -80,12 +93,41 @@ class Ideogram4BaseModel(comfy.model_base.BaseModel):
         return out
 
 
+FLOAT_WEIGHTS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class Ideogram4ModelPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher, refusing weight patches (LoRAs from any loader) on quantised layers.
+
+    ComfyUI merges a patch by casting the stored weight to float32, adding the patch and rounding
+    back to the stored dtype: for an FP8 weight with its scale kept beside it, that ignores the
+    scale; for NF4's packed bytes it is meaningless and replaces the bitsandbytes parameter. Until
+    those layers apply patches per call on the dequantised weight, such patches are refused with a
+    message instead of silently changing the image."""
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        quantised = quantised_patch_targets(self.model, [k if isinstance(k, str) else k[0] for k in patches])
+        if quantised:
+            raise ValueError(
+                f"this Ideogram 4 model holds quantised (FP8/NF4) weights ({len(quantised)} of the patched "
+                f"weights, e.g. {quantised[0]}); a LoRA cannot be merged into them. LoRAs on FP8/NF4 Ideogram 4 "
+                "models are not supported yet: load a bf16/fp32 file with quantization 'as stored' and apply the "
+                "LoRA with 'Ideogram 4 LoRA Loader' (Ideogram4LoraLoader)")
+        return super().add_patches(patches, strength_patch, strength_model)
+
+
+def quantised_patch_targets(model: torch.nn.Module, keys) -> list[str]:
+    """The state-dict keys among `keys` whose stored weight is not a plain float tensor."""
+    state = model.state_dict(keep_vars=True)
+    return [k for k in keys if k in state and state[k].dtype not in FLOAT_WEIGHTS]
+
+
 def wrap_dit(dit: Ideogram4Transformer) -> comfy.model_patcher.ModelPatcher:
     """A MODEL whose weights ComfyUI moves between the load and offload devices."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     base = Ideogram4BaseModel(dit, device=offload_device)
-    return comfy.model_patcher.ModelPatcher(base, load_device, offload_device, size=weight_bytes(dit))
+    return Ideogram4ModelPatcher(base, load_device, offload_device, size=weight_bytes(dit))
 
 
 def unwrap_dit(model: comfy.model_patcher.ModelPatcher) -> Ideogram4Transformer:
