@@ -3,8 +3,10 @@
     python scripts/submit_api_workflow.py --caption @caption.json --seed 7 --preset "Turbo 12" \\
         --width 1536 --height 1024 --out images/
 
-Without --caption the workflow's own JSON caption is used. Nodes are found by type, so a workflow
-saved with "Export (API)" from the UI works too (--workflow).
+Without --caption the workflow's own caption is used (in the bundled workflow, the one its Caption
+Builder builds). --caption goes straight into Text Encode, byte for byte, replacing a link into it;
+a node left feeding nothing (the builder) is dropped. Nodes are found by type, so a workflow saved
+with "Export (API)" from the UI works too (--workflow).
 
 Exit codes: 0 saved, 2 bad arguments, 3 server unreachable, 4 prompt refused (node_errors),
 5 execution failed or interrupted, 6 timed out, 7 finished without images.
@@ -21,7 +23,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-DEFAULT_WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "image_ideogram4_t2i_api.json"
+DEFAULT_WORKFLOW = Path(__file__).resolve().parent.parent / "api_workflows" / "image_ideogram4_t2i_api.json"
 PRESETS = ["Quality 48", "Default 20", "Turbo 12"]
 CUSTOM_SIZE = "custom (width x height below)"
 
@@ -55,14 +57,22 @@ def nodes_of(prompt: dict, class_type: str) -> list[dict]:
     return [n for n in prompt.values() if n.get("class_type") == class_type]
 
 
-def set_input(prompt: dict, class_type: str, name: str, value) -> None:
+def set_input(prompt: dict, class_type: str, name: str, value, replace_link: bool = False) -> None:
     found = nodes_of(prompt, class_type)
     if not found:
         raise Failure(2, f"the workflow has no {class_type} node to set {name} on")
     for node in found:
-        if isinstance(node["inputs"].get(name), list):
+        if isinstance(node["inputs"].get(name), list) and not replace_link:
             raise Failure(2, f"{class_type}.{name} is linked to another node in this workflow; edit it there")
         node["inputs"][name] = value
+
+
+def drop_unused(prompt: dict, candidates: set[str]) -> None:
+    """Remove the candidate nodes (and, in turn, their sources) that no longer feed any node."""
+    while candidates:
+        used = {v[0] for n in prompt.values() for v in n["inputs"].values() if isinstance(v, list)}
+        unused = {c for c in candidates if c in prompt and c not in used}
+        candidates = {v[0] for c in unused for v in prompt.pop(c)["inputs"].values() if isinstance(v, list)}
 
 
 def apply_options(prompt: dict, args) -> dict:
@@ -73,7 +83,10 @@ def apply_options(prompt: dict, args) -> dict:
                 caption = Path(caption[1:]).read_text(encoding="utf-8")
             except OSError as e:
                 raise Failure(2, f"cannot read the caption file: {e}") from None
-        set_input(prompt, "Ideogram4TextEncode", "caption", caption)
+        sources = {v[0] for n in nodes_of(prompt, "Ideogram4TextEncode")
+                   if isinstance(v := n["inputs"].get("caption"), list)}
+        set_input(prompt, "Ideogram4TextEncode", "caption", caption, replace_link=True)
+        drop_unused(prompt, sources)
     if args.seed is not None:
         set_input(prompt, "Ideogram4Sampler", "seed", args.seed)
     if args.preset:

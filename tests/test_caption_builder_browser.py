@@ -14,7 +14,6 @@ Needs: `pip install playwright` (no browser download), Debian's `chromium` at /u
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
@@ -24,18 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from comfy_host import ComfyHost, comfyui_dir
+from comfy_host import ComfyHost
+from front_end import CHROMIUM, NEWEST_FRONTEND, host_with_frontend, launch, pinned_frontend
+from front_end import open_app as open_page
 
 try:  # moving into comfy_host; either location gives the same skip/fail rule
     from comfy_host import require_comfyui
 except ImportError:
     from test_comfy_host import require_comfyui
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PINNED_FRONTEND = "1.32.9"
-NEWEST_FRONTEND = "1.58.1"
+PINNED_FRONTEND = pinned_frontend()
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CASES = [(PINNED_FRONTEND, "classic"), (NEWEST_FRONTEND, "classic"), (NEWEST_FRONTEND, "vue")]
 TARGET = (1536, 1024)  # a 3:2 canvas, so a y/x mix-up in the bbox cannot pass
@@ -45,18 +42,6 @@ def _required(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("IDEOGRAM4_REQUIRE_COMFYUI"):
         pytest.fail(reason + " — required under CI", pytrace=False)
     pytest.skip(reason)
-
-
-def frontend_root(version: str) -> Path | None:
-    """None for the front end installed with ComfyUI (checked to be the pinned one)."""
-    if version == PINNED_FRONTEND:
-        installed = importlib.metadata.version("comfyui_frontend_package")
-        assert installed == PINNED_FRONTEND, f"the venv has front end {installed}, expected {PINNED_FRONTEND}"
-        return None
-    root = comfyui_dir().parent / "frontends" / version / "comfyui_frontend_package" / "static"
-    if not (root / "index.html").is_file():
-        _required(f"no front end {version} at {root}: run `bash scripts/setup_comfyui.sh --frontend {version}`")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +56,10 @@ def hosts():
         _required(f"no {CHROMIUM}: apt-get install -y chromium")
     servers = {}
     for version in (PINNED_FRONTEND, NEWEST_FRONTEND):
-        root = frontend_root(version)
-        host = ComfyHost(extra_args=["--front-end-root", str(root)] if root else [])
-        settings = host.base_dir / "user" / "default" / "comfy.settings.json"
-        settings.parent.mkdir(parents=True, exist_ok=True)
-        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no first-run tour
-        servers[version] = host
+        try:
+            servers[version] = host_with_frontend(version)
+        except FileNotFoundError as exc:
+            _required(str(exc))
     errors = []
     threads = [threading.Thread(target=lambda h=h: _start(h, errors)) for h in servers.values()]
     for t in threads:
@@ -105,7 +88,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        b = launch(p)
         yield b
         b.close()
 
@@ -141,8 +124,7 @@ PROMPT_INPUTS = """async (id) => (await app.graphToPrompt()).output[String(id)].
 
 
 def open_app(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_function(OPEN_APP, timeout=90_000)
+    open_page(page, url, OPEN_APP)
 
 
 def drag(page, start, end, steps=8) -> None:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from server_models import COND_FILE, TEXT_ENCODER_FOLDER, UNCOND_FILE, VAE_FILE, oracle_pipeline
 
-API_WORKFLOW = Path(__file__).parent.parent / "workflows" / "image_ideogram4_t2i_api.json"
+API_WORKFLOW = Path(__file__).parent.parent / "api_workflows" / "image_ideogram4_t2i_api.json"
 SIZE = (256, 256)
 
 
@@ -42,9 +42,14 @@ def run_image(host, prompt) -> np.ndarray:
 def test_api_workflow_matches_diffusers_pipeline(tiny_server):
     host, models = tiny_server
     prompt = tiny_prompt(seed=7)
-    got = run_image(host, prompt)
+    # The caption is the workflow's Caption Builder output; a text preview shows what it sent.
+    builder = prompt["3"]["inputs"]["caption"][0]
+    prompt["99"] = {"class_type": "PreviewAny", "inputs": {"source": [builder, 0]}}
+    entry = host.run(prompt, timeout=600)
+    (path,) = host.output_files(entry)
+    got = np.asarray(Image.open(path).convert("RGB"))
 
-    caption = prompt["3"]["inputs"]["caption"]
+    caption = entry["outputs"]["99"]["text"][0]
     pipe = oracle_pipeline(models)
     text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
                                               add_generation_prompt=True, tokenize=False)

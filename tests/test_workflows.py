@@ -1,8 +1,11 @@
-"""The bundled workflows and the submit script against a real ComfyUI server.
+"""The bundled workflow templates, their API twins and the submit script against a real ComfyUI server.
 
-The UI workflow is checked the way the front end reads it: node types, links (endpoints, slots,
-types), widget values in /object_info order. The API workflow is posted with model names the
-server does not have, which it must refuse up front. The submit script runs as a subprocess.
+Templates follow docs/workflows.md: `workflows/` holds only UI workflows (<name>.json) and their
+thumbnails (<name>.jpg), which ComfyUI lists and serves as templates; each has its API-format twin
+in `api_workflows/<name>_api.json`. Every UI workflow is checked the way the front end reads it:
+node types, links (endpoints, slots, types), inputs and widget values in /object_info order, and
+the front end's own API conversion of it must be its twin. The twins are posted with model names
+the server does not have, which it must refuse up front. The submit script runs as a subprocess.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,28 +26,41 @@ except ImportError:  # older comfy_host: the rule lived in the host smoke test
     from test_comfy_host import require_comfyui
 
 REPO = Path(__file__).resolve().parent.parent
-UI_PATH = REPO / "workflows" / "image_ideogram4_t2i.json"
-API_PATH = REPO / "workflows" / "image_ideogram4_t2i_api.json"
+TEMPLATE_DIR = REPO / "workflows"
+API_DIR = REPO / "api_workflows"
+TEMPLATES = sorted(p.stem for p in TEMPLATE_DIR.glob("*.json"))
+T2I = "image_ideogram4_t2i"
 SUBMIT = REPO / "scripts" / "submit_api_workflow.py"
 FRONT_END_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # not in /object_info
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROL = "control_after_generate"
 SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_INPUTS = {"1": ["model_name", "unconditional_model_name"], "2": ["text_encoder_name"], "6": ["vae_name"]}
+# Model-name inputs by node type and the folder they list: placeholders make the twins' names valid.
+MODEL_FOLDERS = {"Ideogram4ModelLoader": {"model_name": "diffusion_models", "unconditional_model_name": "diffusion_models"},
+                 "Ideogram4TextEncoderLoader": {"text_encoder_name": "text_encoders"}, "VAELoader": {"vae_name": "vae"}}
+
+
+def load_ui(name: str) -> dict:
+    return json.loads((TEMPLATE_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def load_api(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}_api.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
 def comfy():
     require_comfyui()
     host = ComfyHost()
-    # Placeholders under the workflow's default file names, so that name validation at POST /prompt
-    # sees them listed (nothing here ever runs a model).
-    api = json.loads(API_PATH.read_text())
-    for folder, name in (("diffusion_models", api["1"]["inputs"]["model_name"]),
-                         ("diffusion_models", api["1"]["inputs"]["unconditional_model_name"]),
-                         ("text_encoders", api["2"]["inputs"]["text_encoder_name"]),
-                         ("vae", api["6"]["inputs"]["vae_name"])):
-        (host.models_dir / folder / name).write_bytes(b"")
+    # Placeholders under the twins' file names, so that name validation at POST /prompt sees them
+    # listed (nothing here ever runs a model).
+    for name in TEMPLATES:
+        for node in load_api(name).values():
+            for key, folder in MODEL_FOLDERS.get(node["class_type"], {}).items():
+                value = node["inputs"].get(key)
+                if isinstance(value, str) and value.endswith(".safetensors"):
+                    (host.models_dir / folder / value).write_bytes(b"")
     try:
         host.start()
         assert host.pack_loaded(), "the pack did not import:\n" + host.log_tail(80)
@@ -57,14 +74,20 @@ def info(comfy):
     return comfy.object_info()
 
 
+@pytest.fixture(scope="module", params=TEMPLATES)
+def template(request):
+    """(name, UI workflow, API twin) of each template."""
+    return request.param, load_ui(request.param), load_api(request.param)
+
+
 @pytest.fixture(scope="module")
 def ui():
-    return json.loads(UI_PATH.read_text())
+    return load_ui(T2I)
 
 
 @pytest.fixture(scope="module")
 def api():
-    return json.loads(API_PATH.read_text())
+    return load_api(T2I)
 
 
 def input_specs(node_info: dict):
@@ -79,36 +102,77 @@ def options(spec: list) -> dict:
     return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
 
 
+def is_widget(spec: list) -> bool:
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options(spec).get("forceInput")
+
+
 def widget_names(node_info: dict) -> list[str]:
     """What widgets_values holds, in order; a seed-like INT is followed by its control value."""
     names = []
     for name, spec in input_specs(node_info):
-        if (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options(spec).get("forceInput"):
+        if is_widget(spec):
             names.append(name)
             if spec[0] == "INT" and options(spec).get("control_after_generate", name in ("seed", "noise_seed")):
                 names.append(SEED_CONTROL)
     return names
 
 
-def socket_types(node_info: dict) -> dict[str, str]:
-    return {name: spec[0] for name, spec in input_specs(node_info)
-            if not isinstance(spec[0], list) and (spec[0] not in WIDGET_TYPES or options(spec).get("forceInput"))}
+def input_types(node_info: dict) -> dict[str, str]:
+    return {name: "COMBO" if isinstance(spec[0], list) else spec[0] for name, spec in input_specs(node_info)}
 
 
 def run_submit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SUBMIT), *args], capture_output=True, text=True, timeout=timeout)
 
 
-# -- both workflows ---------------------------------------------------------------------------
+# -- the template folder ------------------------------------------------------------------------
 
 
-def test_every_node_type_exists_on_the_server(info, ui, api):
+def test_template_folder_holds_ui_workflows_and_their_thumbnails_only():
+    """ComfyUI lists every *.json directly in workflows/ as a template: nothing else may be there."""
+    assert T2I in TEMPLATES
+    found = sorted(p.name for p in TEMPLATE_DIR.iterdir())
+    assert found == sorted(f"{name}{ext}" for name in TEMPLATES for ext in (".json", ".jpg"))
+    for name in TEMPLATES:
+        assert {"nodes", "links", "version"} <= set(load_ui(name)), f"{name}.json is not a UI workflow"
+        twin = load_api(name)
+        assert twin and all({"class_type", "inputs"} <= set(n) for n in twin.values()), name
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_thumbnail_is_a_square_jpeg_with_content(name):
+    from PIL import Image, ImageStat
+
+    with Image.open(TEMPLATE_DIR / f"{name}.jpg") as image:
+        assert image.format == "JPEG"  # the front end asks for <name>.jpg for custom-node templates
+        assert image.width == image.height >= 256, image.size  # template cards are square
+        assert ImageStat.Stat(image.convert("L")).stddev[0] > 10, "a blank frame"
+
+
+# -- every template ------------------------------------------------------------------------------
+
+
+def test_server_lists_and_serves_exactly_the_ui_templates(comfy):
+    assert sorted(comfy.get("/workflow_templates")[PACK_NAME]) == TEMPLATES
+    for name in TEMPLATES:
+        assert comfy.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json") == load_ui(name)
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{PACK_NAME}/{name}.jpg", timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/jpeg"
+            assert r.read() == (TEMPLATE_DIR / f"{name}.jpg").read_bytes()
+
+
+def test_every_node_type_exists_on_the_server(info, template):
+    _name, ui, api = template
     ui_types = {n["type"] for n in ui["nodes"]} - FRONT_END_ONLY
     api_types = {n["class_type"] for n in api.values()}
     assert sorted((ui_types | api_types) - set(info)) == []
-    pack = {"Ideogram4ModelLoader", "Ideogram4TextEncoderLoader", "Ideogram4TextEncode", "Ideogram4EmptyLatent",
-            "Ideogram4Sampler", "Ideogram4VAEDecode"}
-    assert pack <= api_types == ui_types
+    assert api_types == ui_types
+
+
+def test_t2i_uses_every_pack_node_of_the_text_to_image_path(api):
+    pack = {"Ideogram4ModelLoader", "Ideogram4TextEncoderLoader", "Ideogram4CaptionBuilder", "Ideogram4TextEncode",
+            "Ideogram4EmptyLatent", "Ideogram4Sampler", "Ideogram4VAEDecode"}
+    assert pack <= {n["class_type"] for n in api.values()}
 
 
 def test_pack_inputs_all_have_tooltips(comfy):
@@ -140,17 +204,28 @@ def test_api_workflow_with_unknown_model_files_is_refused_before_running(comfy, 
     assert queue["queue_running"] == [] and queue["queue_pending"] == []
 
 
-def test_front_end_lists_and_serves_both_workflows(comfy, ui, api):
-    templates = comfy.get("/workflow_templates")
-    assert {"image_ideogram4_t2i", "image_ideogram4_t2i_api"} <= set(templates[PACK_NAME])
-    assert comfy.get(f"/api/workflow_templates/{PACK_NAME}/image_ideogram4_t2i.json") == ui
-    assert comfy.get(f"/api/workflow_templates/{PACK_NAME}/image_ideogram4_t2i_api.json") == api
+def test_t2i_caption_comes_from_the_builder_and_passes_the_strict_verifier(comfy, api):
+    """The shipped layout, run by the builder on the server, is a rich caption that needs no repair."""
+    from ideogram4_core.captions.verify import verify_caption
+
+    (builder,) = [i for i, n in api.items() if n["class_type"] == "Ideogram4CaptionBuilder"]
+    assert api["3"]["inputs"]["caption"] == [builder, 0]
+    entry = comfy.run({builder: api[builder], "99": {"class_type": "PreviewAny", "inputs": {"source": [builder, 0]}}})
+    assert entry["outputs"][builder]["ideogram4_report"] == ["caption OK"]
+    caption = entry["outputs"]["99"]["text"][0]
+    result = verify_caption(caption, mode="strict")
+    assert result.issues == [] and result.caption == caption
+    data = json.loads(caption)
+    elements = data["compositional_deconstruction"]["elements"]
+    assert sum(e["type"] == "obj" for e in elements) >= 3 and sum(e["type"] == "text" for e in elements) >= 1
+    assert all(e.get("color_palette") for e in elements) and len(data["style_description"]["color_palette"]) >= 3
 
 
-# -- the UI workflow ----------------------------------------------------------------------------
+# -- the UI workflows ---------------------------------------------------------------------------
 
 
-def test_ui_workflow_has_the_litegraph_shape(ui):
+def test_ui_workflow_has_the_litegraph_shape(template):
+    _name, ui, _api = template
     assert ui["version"] == 0.4
     assert {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"} <= set(ui)
     ids = [n["id"] for n in ui["nodes"]]
@@ -165,7 +240,17 @@ def test_ui_workflow_has_the_litegraph_shape(ui):
             assert [o["slot_index"] for o in node["outputs"]] == list(range(len(node["outputs"])))
 
 
-def test_ui_workflow_links_are_consistent(info, ui):
+def test_ui_workflow_nodes_do_not_overlap(template):
+    _name, ui, _api = template
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in ui["nodes"]]  # 30: the title bar above pos
+    overlaps = [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]]
+    assert overlaps == []
+
+
+def test_ui_workflow_links_are_consistent(info, template):
+    _name, ui, _api = template
     nodes = {n["id"]: n for n in ui["nodes"]}
     by_id = {}
     for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
@@ -176,7 +261,7 @@ def test_ui_workflow_links_are_consistent(info, ui):
         out, inp = source["outputs"][src_slot], target["inputs"][dst_slot]
         assert link_id in out["links"] and inp["link"] == link_id, link_id
         assert kind == out["type"] == info[source["type"]]["output"][src_slot], link_id
-        assert kind == inp["type"] == socket_types(info[target["type"]])[inp["name"]], link_id
+        assert kind == inp["type"] == input_types(info[target["type"]])[inp["name"]], link_id
         assert source["order"] < target["order"], f"link {link_id} runs against the node order"
     for node in ui["nodes"]:  # nothing points at a link that does not exist
         for slot, inp in enumerate(node["inputs"]):
@@ -185,23 +270,32 @@ def test_ui_workflow_links_are_consistent(info, ui):
             assert all(by_id[link][:2] == (node["id"], slot) for link in out["links"] or []), (node["id"], out)
 
 
-def test_ui_workflow_sockets_are_all_there_and_required_ones_linked(info, ui):
+def test_ui_workflow_inputs_follow_object_info_and_required_sockets_are_linked(info, template):
+    """Inputs are saved as the front end saves them: all of them in /object_info order, widget
+    inputs marked with their widget (so a link into a widget, like the builder's caption, loads)."""
+    _name, ui, _api = template
     for node in ui["nodes"]:
         if node["type"] in FRONT_END_ONLY:
             continue
         node_info = info[node["type"]]
-        assert [i["name"] for i in node["inputs"]] == list(socket_types(node_info)), node["id"]
+        specs = dict(input_specs(node_info))
+        assert [i["name"] for i in node["inputs"]] == list(specs), node["id"]
+        for inp in node["inputs"]:
+            assert inp.get("widget") == ({"name": inp["name"]} if is_widget(specs[inp["name"]]) else None), inp
         required = node_info["input"].get("required", {})
-        unlinked = [i["name"] for i in node["inputs"] if i["link"] is None and i["name"] in required]
+        unlinked = [i["name"] for i in node["inputs"]
+                    if i["link"] is None and i["name"] in required and not is_widget(specs[i["name"]])]
         assert unlinked == [], (node["id"], unlinked)
         assert [o["name"] for o in node["outputs"]] == node_info["output_name"], node["id"]
 
 
-def test_ui_widget_values_follow_object_info_and_equal_the_api_workflow(info, ui, api):
+def test_ui_widget_values_follow_object_info_and_equal_the_api_workflow(info, template):
+    _name, ui, api = template
     ui_nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in FRONT_END_ONLY}
     assert set(ui_nodes) == set(api)
     for node_id, node in ui_nodes.items():
         api_node = api[node_id]
+        specs = dict(input_specs(info[node["type"]]))
         assert node["type"] == api_node["class_type"]
         assert node.get("title") == api_node.get("_meta", {}).get("title"), node_id
         names = widget_names(info[node["type"]])
@@ -209,6 +303,8 @@ def test_ui_widget_values_follow_object_info_and_equal_the_api_workflow(info, ui
         for name, value in zip(names, node["widgets_values"]):
             if name == SEED_CONTROL:
                 assert value in SEED_CONTROL_VALUES, (node_id, value)
+            elif isinstance(api_node["inputs"].get(name), list):  # linked: the widget keeps its default
+                assert value == options(specs[name]).get("default"), (node_id, name)
             else:
                 assert value == api_node["inputs"][name], (node_id, name)
         linked = {k for k, v in api_node["inputs"].items() if isinstance(v, list)}
@@ -221,7 +317,8 @@ def test_note_says_where_each_model_file_goes(info, ui):
     for words in ("models/diffusion_models", "ideogram4_fp8_scaled.safetensors",
                   "ideogram4_unconditional_fp8_scaled.safetensors", "ideogram-4-fp8", "ideogram-4-nf4",
                   "transformer/", "unconditional_transformer/", "models/text_encoders",
-                  "qwen3vl_8b_fp8_scaled.safetensors", "text_encoder/", "models/vae", "flux2-vae.safetensors"):
+                  "qwen3vl_8b_fp8_scaled.safetensors", "text_encoder/", "models/vae", "flux2-vae.safetensors",
+                  "Caption Builder", "import_caption"):
         assert words in text, words
     # the choices the note names are the ones the nodes offer
     loader = info["Ideogram4ModelLoader"]["input"]["required"]
@@ -234,7 +331,6 @@ def test_note_says_where_each_model_file_goes(info, ui):
 
 # -- the front end ------------------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
 LOAD_AND_CONVERT = """async (workflow) => {
     await app.loadGraphData(workflow);
     const nodes = app.graph._nodes.map(n => ({id: n.id, type: n.type,
@@ -243,32 +339,33 @@ LOAD_AND_CONVERT = """async (workflow) => {
 }"""
 
 
-def test_front_end_loads_the_ui_workflow_into_the_api_twin(comfy, ui, api):
-    """The pinned front end (1.32.9) opens the UI workflow with every node type known, and its own
-    "Export (API)" conversion of it gives exactly the API workflow."""
+def test_front_end_loads_each_ui_template_into_its_api_twin(comfy):
+    """The pinned front end opens each UI workflow with every node type known, and its own
+    "Export (API)" conversion of it gives exactly the API twin."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         sync_playwright = None
+    from front_end import CHROMIUM, launch, open_app
+
     if sync_playwright is None or not CHROMIUM.is_file():
         reason = "needs `pip install playwright` and Debian's chromium at /usr/bin/chromium"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("IDEOGRAM4_REQUIRE_COMFYUI"):
             pytest.fail(reason + " — required under CI", pytrace=False)
         pytest.skip(reason)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
-                                    "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        browser = launch(p)
         try:
             page = browser.new_page()
-            page.goto(comfy.url)
-            page.wait_for_function("() => !!(window.app && app.graph && window.LiteGraph"
-                                   " && LiteGraph.registered_node_types['Ideogram4Sampler'])", timeout=90_000)
-            loaded = page.evaluate(LOAD_AND_CONVERT, ui)
+            open_app(page, comfy.url)
+            loaded = {name: page.evaluate(LOAD_AND_CONVERT, load_ui(name)) for name in TEMPLATES}
         finally:
             browser.close()
-    assert sorted(n["id"] for n in loaded["nodes"]) == sorted(n["id"] for n in ui["nodes"])
-    assert [n for n in loaded["nodes"] if not n["known"] or n["errors"]] == []
-    assert loaded["prompt"] == api
+    for name, got in loaded.items():
+        ui = load_ui(name)
+        assert sorted(n["id"] for n in got["nodes"]) == sorted(n["id"] for n in ui["nodes"]), name
+        assert [n for n in got["nodes"] if not n["known"] or n["errors"]] == [], name
+        assert got["prompt"] == load_api(name), name
 
 
 # -- the submit script ------------------------------------------------------------------------
@@ -282,7 +379,9 @@ def test_submit_dry_run_applies_every_option(info, tmp_path):
                       "--unconditional-model", "b.safetensors", "--text-encoder", "te/", "--vae", "v.safetensors")
     assert done.returncode == 0, done.stderr
     prompt = json.loads(done.stdout)
+    # The caption replaces the builder's link, byte for byte; the builder, now unused, is dropped.
     assert prompt["3"]["inputs"]["caption"] == caption.read_text()
+    assert [n for n in prompt.values() if n["class_type"] == "Ideogram4CaptionBuilder"] == []
     assert (prompt["5"]["inputs"]["seed"], prompt["5"]["inputs"]["preset"]) == (7, "Turbo 12")
     latent = prompt["4"]["inputs"]
     sizes = options(info["Ideogram4EmptyLatent"]["input"]["required"]["size_preset"])["options"]
@@ -292,6 +391,12 @@ def test_submit_dry_run_applies_every_option(info, tmp_path):
     assert prompt["1"]["inputs"]["unconditional_model_name"] == "b.safetensors"
     assert prompt["2"]["inputs"]["text_encoder_name"] == "te/"
     assert prompt["6"]["inputs"]["vae_name"] == "v.safetensors"
+
+
+def test_submit_dry_run_without_options_is_the_api_twin(api):
+    done = run_submit("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == api
 
 
 def test_submit_reports_refused_prompt_with_the_input_names(comfy, tmp_path):
