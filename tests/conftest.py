@@ -20,3 +20,16 @@ def tiny_server(tmp_path_factory):
         yield host, models
     finally:
         host.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright (tests/front_end.py), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from front_end import launch
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

@@ -7,12 +7,15 @@ VERSION` unpacks under `<ComfyUI>/../frontends/VERSION/`, served with `--front-e
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import os
 import re
+import threading
 from pathlib import Path
 
-from comfy_host import ComfyHost, comfyui_dir
+from comfy_host import ComfyHost, comfyui_dir, require_comfyui
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -66,3 +69,53 @@ def launch(playwright):
 def open_app(page, url: str, ready: str = APP_READY, timeout_ms: int = 90_000) -> None:
     page.goto(url)
     page.wait_for_function(ready, timeout=timeout_ms)
+
+
+def required(reason: str) -> None:
+    """Skip the test, or fail it under CI (CI or IDEOGRAM4_REQUIRE_COMFYUI set)."""
+    import pytest
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+           for k in ("CI", "IDEOGRAM4_REQUIRE_COMFYUI")):
+        pytest.fail(reason + " — required under CI", pytrace=False)
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def serving(versions):
+    """{version: started host} for the browser tests: one server per front end, booted in
+    parallel (boot is the slow part), stopped at the end. Missing pieces skip (fail under CI)."""
+    require_comfyui()
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        required("Python package playwright missing: pip install playwright")
+    if not CHROMIUM.is_file():
+        required(f"no {CHROMIUM}: apt-get install -y chromium")
+    servers = {}
+    for version in dict.fromkeys(versions):
+        try:
+            servers[version] = host_with_frontend(version)
+        except FileNotFoundError as exc:
+            required(str(exc))
+    errors = []
+
+    def start(host):
+        try:
+            host.start()
+        except Exception as exc:  # reported below, in the caller's thread
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=start, args=(h,)) for h in servers.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        for host in servers.values():
+            assert host.pack_import_failures() == [], host.pack_import_failures()
+        yield servers
+    finally:
+        for host in servers.values():
+            host.stop()

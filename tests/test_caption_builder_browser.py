@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from comfy_host import ComfyHost
-from front_end import CHROMIUM, NEWEST_FRONTEND, host_with_frontend, launch, pinned_frontend
+from front_end import NEWEST_FRONTEND, pinned_frontend, serving
 from front_end import open_app as open_page
-
-try:  # moving into comfy_host; either location gives the same skip/fail rule
-    from comfy_host import require_comfyui
-except ImportError:
-    from test_comfy_host import require_comfyui
 
 PINNED_FRONTEND = pinned_frontend()
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -38,59 +31,10 @@ CASES = [(PINNED_FRONTEND, "classic"), (NEWEST_FRONTEND, "classic"), (NEWEST_FRO
 TARGET = (1536, 1024)  # a 3:2 canvas, so a y/x mix-up in the bbox cannot pass
 
 
-def _required(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("IDEOGRAM4_REQUIRE_COMFYUI"):
-        pytest.fail(reason + " — required under CI", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def hosts():
-    """One server per front end, booted in parallel (boot is the slow part)."""
-    require_comfyui()
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        _required("Python package playwright missing: pip install playwright")
-    if not CHROMIUM.is_file():
-        _required(f"no {CHROMIUM}: apt-get install -y chromium")
-    servers = {}
-    for version in (PINNED_FRONTEND, NEWEST_FRONTEND):
-        try:
-            servers[version] = host_with_frontend(version)
-        except FileNotFoundError as exc:
-            _required(str(exc))
-    errors = []
-    threads = [threading.Thread(target=lambda h=h: _start(h, errors)) for h in servers.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert not errors, errors
-        for host in servers.values():
-            assert host.pack_import_failures() == [], host.pack_import_failures()
+    with serving((PINNED_FRONTEND, NEWEST_FRONTEND)) as servers:
         yield servers
-    finally:
-        for host in servers.values():
-            host.stop()
-
-
-def _start(host: ComfyHost, errors: list) -> None:
-    try:
-        host.start()
-    except Exception as exc:  # reported by the fixture, in the test's thread
-        errors.append(repr(exc))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 # -- page helpers (JavaScript runs in the page; the app object is the front end's own) ----------

@@ -14,14 +14,12 @@ Needs: `pip install playwright` (no browser download), Debian's `chromium` at /u
 from __future__ import annotations
 
 import json
-import os
-import threading
 from pathlib import Path
 
 import pytest
 
-from comfy_host import PACK_NAME, require_comfyui
-from front_end import CHROMIUM, NEWEST_FRONTEND, host_with_frontend, launch, open_app, pinned_frontend
+from comfy_host import PACK_NAME
+from front_end import NEWEST_FRONTEND, open_app, pinned_frontend, serving
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
@@ -31,59 +29,10 @@ PINNED = pinned_frontend()
 CASES = [(PINNED, "classic"), (NEWEST_FRONTEND, "classic"), (NEWEST_FRONTEND, "vue")]
 
 
-def _required(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("IDEOGRAM4_REQUIRE_COMFYUI"):
-        pytest.fail(reason + " — required under CI", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def hosts():
-    """One server per front end, booted in parallel (boot is the slow part)."""
-    require_comfyui()
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        _required("Python package playwright missing: pip install playwright")
-    if not CHROMIUM.is_file():
-        _required(f"no {CHROMIUM}: apt-get install -y chromium")
-    servers = {}
-    for version in dict.fromkeys(v for v, _ in CASES):
-        try:
-            servers[version] = host_with_frontend(version)
-        except FileNotFoundError as exc:
-            _required(str(exc))
-    errors = []
-    threads = [threading.Thread(target=lambda h=h: _start(h, errors)) for h in servers.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert not errors, errors
-        for host in servers.values():
-            assert host.pack_import_failures() == [], host.pack_import_failures()
+    with serving(v for v, _ in CASES) as servers:
         yield servers
-    finally:
-        for host in servers.values():
-            host.stop()
-
-
-def _start(host, errors: list) -> None:
-    try:
-        host.start()
-    except Exception as exc:  # reported by the fixture, in the test's thread
-        errors.append(repr(exc))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 # Names shown in the open template dialog that look like template names of this pack.
