@@ -19,6 +19,11 @@ TINY = Ideogram4Config(
     # head_dim 128 is the smallest that holds the real MRoPE split (3 * 20 frequencies <= 64).
     in_channels=16, num_layers=2, num_heads=2, head_dim=128, intermediate_size=128, adaln_dim=32, llm_features_dim=13 * 16
 )
+# Every Linear a multiple of 64 wide and 32 tall, like the released model's, so each one can take
+# bitsandbytes' packed CPU path (TINY's 16/32/208-wide ones cannot: they cover the fallback).
+TINY_ALIGNED = Ideogram4Config(
+    in_channels=64, num_layers=2, num_heads=2, head_dim=128, intermediate_size=128, adaln_dim=64, llm_features_dim=13 * 64
+)
 COMFY_PREFIX = "model.diffusion_model."
 
 

@@ -34,6 +34,12 @@ TINY_VISION_CONFIG = dict(
     depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=4,
     temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=16, deepstack_visual_indexes=[0],
 )
+# Every decoder Linear a multiple of 64 wide and 32 tall, like Qwen3-VL-8B's, so each one can take
+# bitsandbytes' packed CPU path (at hidden 32 none can).
+ALIGNED_TEXT_CONFIG = dict(
+    TINY_TEXT_CONFIG, hidden_size=64, intermediate_size=128, head_dim=16,
+    rope_parameters={**TINY_TEXT_CONFIG["rope_parameters"], "mrope_section": [4, 2, 2]},
+)
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # The branch of Qwen3-VL's chat template that a single text-only user turn takes (no tools, no
@@ -51,11 +57,12 @@ QWEN3VL_USER_TURN_TEMPLATE = (
 )
 
 
-def tiny_qwen3vl(seed: int = 0) -> Qwen3VLModel:
+def tiny_qwen3vl(seed: int = 0, text_config: dict = TINY_TEXT_CONFIG) -> Qwen3VLModel:
     """Random tiny Qwen3VLModel in float32. Weights are larger than the default init so that every
     layer visibly changes the residual stream (a wrong tap or an applied final norm shows)."""
     torch.manual_seed(seed)
-    model = Qwen3VLModel(Qwen3VLConfig(text_config=TINY_TEXT_CONFIG, vision_config=TINY_VISION_CONFIG))
+    vision = dict(TINY_VISION_CONFIG, out_hidden_size=text_config["hidden_size"])
+    model = Qwen3VLModel(Qwen3VLConfig(text_config=text_config, vision_config=vision))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
@@ -117,9 +124,9 @@ def reference_features(model: Qwen3VLModel, tokenizer, captions: list[str]) -> t
     return embeds[:, :n], n
 
 
-def with_language_model_weights(model: Qwen3VLModel, weights: dict[str, torch.Tensor], seed: int = 0) -> Qwen3VLModel:
+def with_language_model_weights(model: Qwen3VLModel, weights: dict[str, torch.Tensor]) -> Qwen3VLModel:
     """A copy of the tiny model whose language-model tensors are replaced (e.g. by dequantised ones)."""
-    copy = tiny_qwen3vl(seed)
+    copy = Qwen3VLModel(model.config).eval()
     copy.load_state_dict(model.state_dict())
     copy.language_model.load_state_dict({**copy.language_model.state_dict(), **weights})
     return copy

@@ -6,10 +6,13 @@ once to the activation dtype, which is what loading the reference with dequantis
 gives.
 
 NF4 uses bitsandbytes `Linear4bit` (blocksize 64, no double quantisation, like the official
-release); bitsandbytes 0.50 runs it on CPU as well as CUDA.
+release); bitsandbytes 0.50 runs it on CPU as well as CUDA. On CPU it has two paths, and
+`keep_cpu_path_valid` decides per layer which one a layer may take (see there).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +153,7 @@ def nf4_linear_from_float(
         weight.to(compute_dtype), requires_grad=False, quant_type="nf4", compress_statistics=False
     )
     _set_bias(layer, bias, compute_dtype)
-    return layer.to(device)  # moving Params4bit to a device is what quantises it
+    return keep_cpu_path_valid(layer.to(device))  # moving Params4bit to a device is what quantises it
 
 
 def nf4_linear_from_packed(
@@ -172,14 +175,65 @@ def nf4_linear_from_packed(
     layer = _empty_linear4bit(bnb, in_features, out_features, bias is not None, compute_dtype)
     layer.weight = weight
     _set_bias(layer, bias, compute_dtype)
-    return layer.to(device)
+    return keep_cpu_path_valid(layer.to(device))
 
 
 def dequantize_nf4(layer: nn.Module) -> torch.Tensor:
-    """The float weight a Linear4bit multiplies by (for parity checks and re-quantisation)."""
+    """The (out, in) weight a Linear4bit multiplies by, in the state's dtype (for parity checks and
+    re-quantisation). Also right after a packed-path CPU forward has repacked the layer: then the
+    block scales are the bf16-rounded ones that kernel uses."""
     import bitsandbytes as bnb
 
-    return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    data, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        data, state = _unpacked_copy(bnb, data, state)
+    return bnb.functional.dequantize_4bit(data, state)
+
+
+# bitsandbytes 0.50.2 runs NF4 on CPU in one of two ways. `Linear4bit.__init__` stores
+# `has_avx512bf16()` in `support_avx512bf16_for_cpu`; when that is true, the layer's first CPU
+# forward in eval mode without grad repacks its weight (`_convert_weight_packed_for_cpu`) for a fused
+# AVX512-BF16 kernel (the "packed" path). Otherwise every forward dequantises the stored layout (the
+# "plain" path). The repack interleaves 32 output rows and reshapes the block scales to
+# (out, in / blocksize), so it raises for any layer whose in_features is not a multiple of the
+# blocksize or whose out_features is not a multiple of 32. Every Linear of the released DiT and of
+# Qwen3-VL-8B fits; tiny or unusual files need not, and quantise-on-load sees whatever a file holds.
+#
+# Numerics (asserted in tests/test_nf4_cpu_paths.py): the plain path is F.linear on code * absmax
+# in the compute dtype (float32: 3e-7 relative from an fp64 matmul on a 4608x4608 layer); the
+# packed kernel computes bf16(x) @ (bf16(code) * bf16(absmax)) and rounds the output to bf16
+# whatever the compute dtype (2.7e-3 relative from exact on that layer; on the tiny DiT in bf16,
+# 0.5-0.7 % from the plain path, while bf16 itself is 4.5-5.8 % from float32). So float32
+# compute, which asks for precision, stays on the plain path, as FP8Linear dequantises for
+# float32; bf16 compute takes the packed path where the shape fits, the way bitsandbytes chose it.
+PACKED_CPU_ROWS = 32  # bitsandbytes' block_n for the packed CPU layout
+
+
+def packed_cpu_path_fits(out_features: int, in_features: int, blocksize: int, compute_dtype: torch.dtype) -> bool:
+    """Whether a layer may take bitsandbytes' packed AVX512-BF16 CPU path (see the note above)."""
+    shape_fits = in_features % blocksize == 0 and out_features % PACKED_CPU_ROWS == 0
+    return shape_fits and compute_dtype == torch.bfloat16
+
+
+def keep_cpu_path_valid(layer: nn.Module) -> nn.Module:
+    """Send a Linear4bit that the packed CPU path cannot (or should not) take down the plain path.
+    Switches off bitsandbytes' own per-layer flag; a layer that fits keeps bitsandbytes' choice."""
+    state = layer.weight.quant_state
+    out_features, in_features = state.shape
+    if not packed_cpu_path_fits(out_features, in_features, state.blocksize, layer.compute_dtype):
+        layer.support_avx512bf16_for_cpu = False
+    return layer
+
+
+def _unpacked_copy(bnb, data: torch.Tensor, state):
+    """(weight, state) in the stored layout from a packed-path layer, leaving the layer untouched.
+    bitsandbytes' own inverse leaves un-nested block scales in the packed (in / blocksize, out)
+    order, so they are put back in row-major block order here."""
+    packed_absmax = state.absmax
+    data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, copy.deepcopy(state))
+    state.absmax = packed_absmax.t().reshape(-1).to(torch.float32)
+    state.nested = False
+    return data, state
 
 
 def _empty_linear4bit(bnb, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype):
