@@ -8,6 +8,8 @@ import functools
 import torch
 from torch import nn
 
+from .constants import TEXT_ENCODER_TAP_LAYERS
+from .model.quant import dequantized_bytes
 from .model.transformer import Ideogram4Config
 
 
@@ -34,6 +36,34 @@ def dit_activation_bytes(config: Ideogram4Config, batch: int, seq_len: int, mask
     if masked:
         total += batch * seq_len * seq_len
     return int(total * 1.5)
+
+
+def dit_inference_bytes(model, batch: int, seq_len: int, masked: bool) -> int:
+    """What one forward of the DiT `model` needs on the compute device beyond its resident weights:
+    activations in its compute dtype plus the dequantisation workspace of its quantised layers."""
+    dtype = model.compute_dtype
+    size = torch.empty((), dtype=dtype).element_size()
+    return dit_activation_bytes(model.config, batch, seq_len, masked, size) + dequant_workspace_bytes(model, dtype)
+
+
+def text_encoder_inference_bytes(language_model: nn.Module, tokens: int) -> int:
+    """What encoding one caption of `tokens` tokens needs on the compute device beyond the resident
+    weights, generously rounded: the fp32 taps (13 x hidden a token), the MLP's intermediate
+    branches and a few hidden-state copies in the compute dtype, attention scores in case SDPA takes
+    its math path, plus the dequantisation workspace of quantised layers."""
+    cfg = language_model.config
+    dtype = language_model.embed_tokens.weight.dtype
+    size = torch.empty((), dtype=dtype).element_size()
+    per_token = len(TEXT_ENCODER_TAP_LAYERS) * cfg.hidden_size * 4 + (3 * cfg.intermediate_size + 8 * cfg.hidden_size) * size
+    scores = cfg.num_attention_heads * tokens * tokens * size
+    return int(1.5 * (tokens * per_token + scores)) + dequant_workspace_bytes(language_model, dtype)
+
+
+def dequant_workspace_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """Device memory beyond weights and activations while `model` runs: its largest FP8 / NF4 layer
+    dequantised to `dtype` (each quantised layer materialises its float weight per call, resident
+    or streamed; one at a time). 0 for a model without quantised layers."""
+    return max((dequantized_bytes(m, dtype) for m in model.modules()), default=0)
 
 
 def release_freed_heap() -> None:

@@ -14,9 +14,11 @@ import comfy.supported_models_base
 
 from ..ideogram4_core.constants import MAX_TEXT_TOKENS
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
-from ..ideogram4_core.memory import dit_activation_bytes, weight_bytes
+from ..ideogram4_core.memory import dit_inference_bytes, weight_bytes
 from ..ideogram4_core.model.transformer import Ideogram4Transformer
 from ..ideogram4_core.model.packing import conditional_layout, image_only_layout, pack_image_tokens
+from .comfy_ops import make_offloadable
+from .patcher import Ideogram4ModelPatcher
 
 
 class Ideogram4ModelConfig(comfy.supported_models_base.BASE):
@@ -83,7 +85,7 @@ class Ideogram4BaseModel(comfy.model_base.BaseModel):
         # For native samplers: a batch of cond + uncond passes over the longest caption seen.
         text = max([s[1] for s in cond_shapes.get("c_crossattn", []) if len(s) > 1] or [MAX_TEXT_TOKENS])
         batch, _, grid_h, grid_w = input_shape
-        return dit_activation_bytes(self.diffusion_model.dit.config, batch, text + grid_h * grid_w, masked=True)
+        return dit_inference_bytes(self.diffusion_model.dit, batch, text + grid_h * grid_w, masked=True)
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
@@ -93,40 +95,12 @@ class Ideogram4BaseModel(comfy.model_base.BaseModel):
         return out
 
 
-FLOAT_WEIGHTS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-class Ideogram4ModelPatcher(comfy.model_patcher.ModelPatcher):
-    """ComfyUI's ModelPatcher, refusing weight patches (LoRAs from any loader) on quantised layers.
-
-    ComfyUI merges a patch by casting the stored weight to float32, adding the patch and rounding
-    back to the stored dtype: for an FP8 weight with its scale kept beside it, that ignores the
-    scale; for NF4's packed bytes it is meaningless and replaces the bitsandbytes parameter. Until
-    those layers apply patches per call on the dequantised weight, such patches are refused with a
-    message instead of silently changing the image."""
-
-    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
-        quantised = quantised_patch_targets(self.model, [k if isinstance(k, str) else k[0] for k in patches])
-        if quantised:
-            raise ValueError(
-                f"this Ideogram 4 model holds quantised (FP8/NF4) weights ({len(quantised)} of the patched "
-                f"weights, e.g. {quantised[0]}); a LoRA cannot be merged into them. LoRAs on FP8/NF4 Ideogram 4 "
-                "models are not supported yet: load a bf16/fp32 file with quantization 'as stored' and apply the "
-                "LoRA with 'Ideogram 4 LoRA Loader' (Ideogram4LoraLoader)")
-        return super().add_patches(patches, strength_patch, strength_model)
-
-
-def quantised_patch_targets(model: torch.nn.Module, keys) -> list[str]:
-    """The state-dict keys among `keys` whose stored weight is not a plain float tensor."""
-    state = model.state_dict(keep_vars=True)
-    return [k for k in keys if k in state and state[k].dtype not in FLOAT_WEIGHTS]
-
-
 def wrap_dit(dit: Ideogram4Transformer) -> comfy.model_patcher.ModelPatcher:
-    """A MODEL whose weights ComfyUI moves between the load and offload devices."""
+    """A MODEL whose weights ComfyUI moves between the load and offload devices, whole or layer by
+    layer (partial loading, --lowvram, --novram, --reserve-vram)."""
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    base = Ideogram4BaseModel(dit, device=offload_device)
+    base = Ideogram4BaseModel(make_offloadable(dit), device=offload_device)
     return Ideogram4ModelPatcher(base, load_device, offload_device, size=weight_bytes(dit))
 
 

@@ -8,13 +8,14 @@ import torch
 from comfy_api.latest import io
 
 import comfy.model_management
-import comfy.model_patcher
 
 from ..ideogram4_core.files.checkpoint import load_transformer, load_transformer_pair
 from ..ideogram4_core.files.errors import SameCheckpointWarning
 from ..ideogram4_core.memory import weight_bytes
 from ..ideogram4_core.text.encoder import load_text_encoder
 from .comfy_model import wrap_dit
+from .comfy_ops import make_offloadable
+from .patcher import Ideogram4ModelPatcher
 from . import faults
 from .files import check_choice, check_model_name, file_fingerprint, first_problem, list_models, resolve_model
 from .oom import oom_guard
@@ -106,23 +107,30 @@ class _PatchableModule(torch.nn.Module):
     """ModelPatcher assigns `model.device`, which transformers models expose read-only; this holder
     gives it a plain attribute while moving the very same language model."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype):
         super().__init__()
         self.module = module
         self.device = next(module.parameters()).device
+        self.dtype = dtype
+
+    def get_dtype(self) -> torch.dtype:  # the compute dtype, for ModelPatcher.model_dtype()
+        return self.dtype
 
 
 class TextEncoderHandle:
-    """The loaded encoder plus a ModelPatcher so ComfyUI accounts for its memory and moves it."""
+    """The loaded encoder plus a ModelPatcher so ComfyUI accounts for its memory and moves it,
+    whole or layer by layer (partial loading, --lowvram, --novram)."""
 
     def __init__(self, encoder):
         self.encoder = encoder
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            _PatchableModule(encoder.language_model),
+        make_offloadable(encoder.language_model)
+        self.patcher = Ideogram4ModelPatcher(
+            _PatchableModule(encoder.language_model, encoder.dtype),
             load_device=comfy.model_management.text_encoder_device(),
             offload_device=comfy.model_management.text_encoder_offload_device(),
             size=weight_bytes(encoder.language_model),
         )
+        encoder.execution_device = self.patcher.load_device
 
 
 class Ideogram4TextEncoderLoader(io.ComfyNode):

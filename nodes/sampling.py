@@ -12,7 +12,7 @@ import latent_preview
 
 from ..ideogram4_core.constants import PIXELS_PER_TOKEN
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
-from ..ideogram4_core.memory import dit_activation_bytes
+from ..ideogram4_core.memory import dit_inference_bytes
 from ..ideogram4_core.sampling.sampler import initial_noise, sample
 from ..ideogram4_core.sampling.schedule import PRESETS, custom_plan, preset_plan
 from ..ideogram4_core.sizes import check_size
@@ -120,9 +120,12 @@ class Ideogram4Sampler(io.ComfyNode):
         cond, uncond = unwrap_dit(model), None if unconditional_model is None else unwrap_dit(unconditional_model)
         patchers = [model] + ([] if unconditional_model is None else [unconditional_model])
         seq = max(counts) + grid_h * grid_w
-        activations = dit_activation_bytes(cond.config, batch, seq, masked=min(counts) != max(counts))
+        inference = dit_inference_bytes(cond, batch, seq, masked=min(counts) != max(counts))
         with oom_guard("sampling", f"{width}x{height}, batch {batch}"):
-            comfy.model_management.load_models_gpu(patchers, memory_required=activations)
+            # Both at once, as ComfyUI's own dual-model guider does: when they do not fit together,
+            # ComfyUI loads each as far as the memory allows and streams the rest of its layers on
+            # every call, instead of swapping whole transformers twice a step.
+            comfy.model_management.load_models_gpu(patchers, memory_required=inference)
 
             previewer = latent_preview.prepare_callback(model, plan.steps)
 
@@ -134,12 +137,14 @@ class Ideogram4Sampler(io.ComfyNode):
             by_model = {id(cond): model, id(uncond): unconditional_model}
 
             def before_pass(dit):
-                # Both stay resident when they fit (then this is a no-op); otherwise ComfyUI swaps them.
-                comfy.model_management.load_models_gpu([by_model[id(dit)]], memory_required=activations)
+                # A no-op while both stay placed; reloads one that something evicted meanwhile.
+                patcher = by_model[id(dit)]
+                if patcher not in comfy.model_management.loaded_models():
+                    comfy.model_management.load_models_gpu([patcher], memory_required=inference)
 
             noise = initial_noise(batch, grid_h * grid_w, seed)
             with torch.inference_mode():
                 tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step,
-                                before_pass=before_pass)
+                                before_pass=before_pass, device=model.load_device)
         samples = tokens_to_comfy(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples, "ideogram4": True})

@@ -10,6 +10,7 @@ import comfy.model_management
 from ..ideogram4_core.captions.issues import CaptionError
 from ..ideogram4_core.captions.parse import refuse_unbounded
 from ..ideogram4_core.captions.verify import verify_caption
+from ..ideogram4_core.memory import text_encoder_inference_bytes
 from . import faults
 from .files import check_choice, first_problem
 from .loaders import TextEncoderType
@@ -67,9 +68,10 @@ class Ideogram4TextEncode(io.ComfyNode):
         if result.issues:
             print(f"[Ideogram 4] caption check:\n{report}")
         encoder = text_encoder.encoder
-        encoder.tokenize(result.caption)  # refuses > 2048 tokens before any model is loaded
+        tokens = len(encoder.tokenize(result.caption))  # refuses > 2048 tokens before any model is loaded
         with oom_guard("encoding"):
-            comfy.model_management.load_models_gpu([text_encoder.patcher])
+            comfy.model_management.load_models_gpu(
+                [text_encoder.patcher], memory_required=text_encoder_inference_bytes(encoder.language_model, tokens))
             try:
                 encoded = encoder.encode(result.caption)
                 faults.fault_point("encode")  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set

@@ -8,6 +8,7 @@ the body of `Ideogram4Pipeline.__call__`'s loop, "default" (text padded to max_s
 boolean mask always) and "tuned" (max_sequence_length = caption length).
 
     python scripts/benchmark.py --tiny                                     # CPU smoke, seconds
+    python scripts/benchmark.py --layers 2 --size 512x512 --comfyui /path/to/ComfyUI   # + ComfyUI core
     python scripts/benchmark.py --device cuda --size 1024x1024 --size 2048x2048 --text-tokens 300 \
         --quant fp8 --quant nf4 [--compile] --json bench.json                # full size, bf16
 
@@ -21,11 +22,17 @@ d = hidden 4608, f = FFN 12288, F = text features 53248, a = AdaLN 512, C = 128 
     step = pass(T + N, T) + pass(N, 0)            T caption tokens, N = (H/16)(W/16) image tokens
 Diffusers also executes pass(2048 + N, 2048 + N) (default) or pass(T + N, T + N) (tuned) plus
 pass(N, N): padding rows and a projection of every all-zero row; reported as executed_tflop.
+
+With --comfyui, ComfyUI core's native `comfy.ldm.ideogram4` model (ComfyUI 0.33+) is imported from
+that tree and run on the same weights (its parameters are ours, assigned), the way ComfyUI's
+DualModelGuider calls it: conditional pass with the caption, image-only pass with context None.
+Core projects the caption through llm_cond_proj on every conditional pass: pass(T + N, T) + pass(N, 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -38,6 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy  # noqa: E402
 from ideogram4_core.model.keys import original_to_diffusers  # noqa: E402
 from ideogram4_core.model.transformer import Ideogram4Config, Ideogram4Transformer  # noqa: E402
 from ideogram4_core.sampling.sampler import GuidedVelocity  # noqa: E402
@@ -94,6 +102,15 @@ def random_transformer(cfg, device, dtype, seed: int) -> Ideogram4Transformer:
     return model.requires_grad_(False).eval()
 
 
+def twin_arguments(cfg: Ideogram4Config) -> dict:
+    """Our config as the constructor arguments of diffusers' and of ComfyUI core's model (both
+    take diffusers' names)."""
+    return dict(in_channels=cfg.in_channels, num_layers=cfg.num_layers, attention_head_dim=cfg.head_dim,
+                num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, adaln_dim=cfg.adaln_dim,
+                llm_features_dim=cfg.llm_features_dim, rope_theta=int(cfg.rope_theta),
+                mrope_section=cfg.mrope_section, norm_eps=cfg.norm_eps)
+
+
 def diffusers_twin(ours: Ideogram4Transformer):
     """diffusers' model whose parameters are views of ours (to_q/k/v are row slices of qkv): the same
     values at no extra memory."""
@@ -101,12 +118,7 @@ def diffusers_twin(ours: Ideogram4Transformer):
 
     cfg = ours.config
     with torch.device("meta"):
-        ref = Ideogram4Transformer2DModel(
-            in_channels=cfg.in_channels, num_layers=cfg.num_layers, attention_head_dim=cfg.head_dim,
-            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, adaln_dim=cfg.adaln_dim,
-            llm_features_dim=cfg.llm_features_dim, rope_theta=int(cfg.rope_theta), mrope_section=cfg.mrope_section,
-            norm_eps=cfg.norm_eps,
-        )
+        ref = Ideogram4Transformer2DModel(**twin_arguments(cfg))
     ref.load_state_dict(original_to_diffusers(ours.state_dict()), strict=True, assign=True)
     device = next(ours.parameters()).device
     # Non-persistent buffer, fp32 as from_pretrained(torch_dtype=bf16) leaves it.
@@ -154,6 +166,60 @@ def resident_bytes(*models: nn.Module) -> int:
                 seen.add(id(state))
                 total += state.absmax.nbytes + state.code.nbytes
     return total
+
+
+def comfy_core_twin(ours: Ideogram4Transformer):
+    """ComfyUI core's Ideogram4Transformer2DModel (comfy/ldm/ideogram4, built with comfy.ops as
+    ComfyUI builds it) whose parameters are ours: the same values at no extra memory."""
+    from comfy.ldm.ideogram4.model import Ideogram4Transformer2DModel
+    import comfy.ops
+
+    with torch.device("meta"):
+        core = Ideogram4Transformer2DModel(**twin_arguments(ours.config), dtype=ours.compute_dtype,
+                                           operations=comfy.ops.disable_weight_init)
+    core.load_state_dict(ours.state_dict(), strict=True, assign=True)
+    return core.requires_grad_(False).eval()
+
+
+def import_comfyui(comfy_dir: Path, device: torch.device) -> str:
+    """Put a ComfyUI tree on the path as its main.py would set it up (CPU mode off a GPU, PyTorch
+    SDPA attention like ours and like ComfyUI's default on CUDA); returns its version."""
+    if not (comfy_dir / "comfy" / "ldm" / "ideogram4" / "model.py").is_file():
+        raise SystemExit(f"{comfy_dir} has no comfy/ldm/ideogram4 (ComfyUI core's Ideogram 4 needs 0.33 or later)")
+    sys.path.insert(0, str(comfy_dir))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = device.type == "cpu"
+    comfy.cli_args.args.use_pytorch_cross_attention = True
+    import comfy.model_management  # noqa: F401  (device set-up)
+    namespace = {}
+    exec((comfy_dir / "comfyui_version.py").read_text(), namespace)
+    return namespace.get("__version__", "unknown")
+
+
+class CoreStep:
+    """One step through ComfyUI core's model as its guider runs it: latent layout (B, 128, h, w),
+    sigma as the timestep (core turns it into 1 - sigma), output noise - x0 = -velocity; the caption
+    features on the conditional pass, context None on the unconditional one."""
+
+    def __init__(self, cond, uncond, features: torch.Tensor, grid_h: int, grid_w: int):
+        self.cond, self.uncond, self.grid = cond, uncond, (grid_h, grid_w)
+        self.features = features.to(cond.dtype)
+
+    def _velocity(self, model, latents, t, context):
+        x = tokens_to_comfy(latents, *self.grid).to(model.dtype)
+        out = model(x, (1.0 - t).float(), context=context)
+        return -comfy_to_tokens(out.float())
+
+    def conditional(self, latents, t):
+        return self._velocity(self.cond, latents, t, self.features)
+
+    def unconditional(self, latents, t):
+        return self._velocity(self.uncond, latents, t, None)
+
+    def __call__(self, latents, t, guidance: float):
+        w = torch.tensor(guidance, dtype=torch.float32, device=latents.device)
+        return w * self.conditional(latents, t) + (1.0 - w) * self.unconditional(latents, t)
 
 
 class DiffusersStep:
@@ -230,6 +296,8 @@ def run_case(args, cfg, pairs, width: int, height: int, device, dtype) -> dict:
         if name.startswith("diffusers"):
             max_seq = DIFFUSERS_DEFAULT_MAX_SEQ if name == "diffusers-default" else n_text
             steps[name] = DiffusersStep(cond, uncond, features, grid_h, grid_w, max(max_seq, n_text))
+        elif name == "comfyui-core":
+            steps[name] = CoreStep(cond, uncond, features, grid_h, grid_w)
         else:
             steps[name] = GuidedVelocity(cond, uncond, features, [n_text], grid_h, grid_w)
         state_bytes[name] = memory_now(device) - before
@@ -244,6 +312,9 @@ def run_case(args, cfg, pairs, width: int, height: int, device, dtype) -> dict:
         ref_cond, ref_uncond = outputs["ours"]
         err = max(relative_error(v_cond, ref_cond), relative_error(v_uncond, ref_uncond))
         informative = name.startswith("ours-")  # quantisation error, not an implementation difference
+        # Core keeps t in fp32 (the reference rounds it to the compute dtype) and builds its rotary
+        # tables in another order: in bf16 that is more than summation-order noise.
+        informative |= name == "comfyui-core" and dtype != torch.float32
         checks.append({"impl": name, "vs": "ours", "max_rel_error": err, "tolerance": None if informative else tol,
                        "ok": informative or err <= tol})
 
@@ -279,8 +350,8 @@ def run_case(args, cfg, pairs, width: int, height: int, device, dtype) -> dict:
             "peak_fraction": tflops / args.peak if args.peak else None,
             "executed_tflop": executed_flops / 1e12, "weights_gib": weights / GIB,
             "peak_gib": (weights + state_bytes[name] + extra[name]) / GIB if device.type == "cuda" else None,
-            "speedup_vs": {other: medians[other] / medians[name] for other in ("diffusers-default", "diffusers-tuned", "ours")
-                           if other in medians},
+            "speedup_vs": {other: medians[other] / medians[name]
+                           for other in ("diffusers-default", "diffusers-tuned", "comfyui-core", "ours") if other in medians},
         })
     return {"size": f"{width}x{height}", "grid": [grid_h, grid_w], "text_tokens": n_text, "image_tokens": n_img,
             "useful_tflop": useful / 1e12, "checks": checks, "results": results}
@@ -289,7 +360,7 @@ def run_case(args, cfg, pairs, width: int, height: int, device, dtype) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"device: {report['device_name']} ({report['device']}), {report['dtype']}, model {report['model']}, "
              f"compile: {report['compile']}, repeats {report['repeats']} (median), torch {report['torch']}, "
-             f"diffusers {report['diffusers']}"]
+             f"diffusers {report['diffusers']}" + (f", ComfyUI {report['comfyui']}" if report.get("comfyui") else "")]
     if report["cpu_peak_rss_gib"] is not None:
         lines.append(f"process peak RSS: {report['cpu_peak_rss_gib']:.2f} GiB (CPU: timings are ratios only; no peak)")
     for case in report["cases"]:
@@ -299,15 +370,15 @@ def markdown(report: dict) -> str:
             tol = f"<= {c['tolerance']:.0e}" if c["tolerance"] is not None else "(quantisation, informative)"
             lines.append(f"- velocities {c['impl']} vs {c['vs']}: max rel. error {c['max_rel_error']:.2e} {tol}"
                          f"{'' if c['ok'] else '  **MISMATCH**'}")
-        lines += ["", "| impl | step (s) | x vs diffusers default | x vs diffusers tuned | x vs ours | TFLOP/s "
-                      "| % bf16 peak | executed TFLOP | weights GiB | peak GiB |", "|" + "---|" * 10]
+        lines += ["", "| impl | step (s) | x vs diffusers default | x vs diffusers tuned | x vs ComfyUI core "
+                      "| x vs ours | TFLOP/s | % bf16 peak | executed TFLOP | weights GiB | peak GiB |", "|" + "---|" * 11]
         for r in case["results"]:
             sp = r["speedup_vs"]
             ratio = lambda k: f"{sp[k]:.3f}" if k in sp else "-"  # noqa: E731
             frac = f"{100 * r['peak_fraction']:.1f}" if r["peak_fraction"] else "n/a"
             peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
             lines.append(f"| {r['impl']} | {r['median_s']:.4f} | {ratio('diffusers-default')} | {ratio('diffusers-tuned')}"
-                         f" | {ratio('ours')} | {r['useful_tflops']:.4g} | {frac} | {r['executed_tflop']:.4g}"
+                         f" | {ratio('comfyui-core')} | {ratio('ours')} | {r['useful_tflops']:.4g} | {frac} | {r['executed_tflop']:.4g}"
                          f" | {r['weights_gib']:.3f} | {peak} |")
     return "\n".join(lines)
 
@@ -319,6 +390,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--size", action="append", help="WIDTHxHEIGHT, repeatable (default 1024x1024; 256x256 tiny)")
+    p.add_argument("--layers", type=int, help="override the model's number of layers (e.g. the real width, 2 layers)")
+    p.add_argument("--comfyui", type=Path, help="a ComfyUI tree (0.33+): also time core's native Ideogram 4 model")
     p.add_argument("--text-tokens", type=int, default=300)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -340,6 +413,9 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     cfg = MODELS[args.model]
+    if args.layers:
+        cfg = dataclasses.replace(cfg, num_layers=args.layers)
+    comfy_version = import_comfyui(args.comfyui.resolve(), device) if args.comfyui else None
     device_name, args.peak = peak_tflops(device)
     args.peak = args.peak_tflops or args.peak
 
@@ -358,6 +434,8 @@ def main(argv=None) -> dict:
                 for m in twins:
                     m.compile_repeated_blocks()
             pairs["diffusers-default"] = pairs["diffusers-tuned"] = twins
+        if args.comfyui:
+            pairs["comfyui-core"] = tuple(comfy_core_twin(m) for m in ours)
         cases = []
         for size in args.size:
             width, height = (int(v) for v in size.lower().split("x"))
@@ -370,6 +448,7 @@ def main(argv=None) -> dict:
               "dtype": str(dtype).removeprefix("torch."), "model": args.model, "config": cfg.to_dict(),
               "compile": "ours" + ("+diffusers" if args.compile_diffusers else "") if args.compile else "no",
               "repeats": args.repeats, "torch": torch.__version__, "diffusers": diffusers.__version__,
+              "comfyui": comfy_version,
               "cpu_peak_rss_gib": rss, "cases": cases}
     print(markdown(report))
     if args.json:

@@ -83,3 +83,25 @@ def test_flop_count_of_the_released_model_at_1024_with_300_tokens(bench):
     text_part = bench.pass_flops(cfg, 4396, 300) - bench.pass_flops(cfg, 4396, 0)
     assert text_part == 300 * 2 * 53248 * 4608
     assert text_part / step < 0.001
+
+
+def test_comfyui_core_step_checked_against_ours(tmp_path):
+    """--comfyui: ComfyUI core's native Ideogram 4 model (0.33+) on our weights gives our velocities
+    before anything is timed (fp32: the same numbers, within 1e-4). Its own process, as ComfyUI is
+    imported there. Skipped on a host without core's Ideogram 4 (CI's 0.3.75)."""
+    import subprocess
+    import sys
+
+    from comfy_host import comfyui_dir
+
+    tree = comfyui_dir()
+    if not (tree / "comfy" / "ldm" / "ideogram4" / "model.py").is_file():
+        pytest.skip(f"{tree} has no ComfyUI core Ideogram 4 (needs 0.33+; set IDEOGRAM4_COMFYUI_DIR)")
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--repeats", "1", "--warmup", "0", "--no-diffusers",
+                    "--comfyui", str(tree), "--json", str(out)], check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    (case,) = report["cases"]
+    (check,) = case["checks"]
+    assert check["impl"] == "comfyui-core" and check["ok"] and check["max_rel_error"] <= check["tolerance"] == 1e-4
+    assert report["comfyui"] and {r["impl"] for r in case["results"]} == {"ours", "comfyui-core"}

@@ -117,3 +117,43 @@ def test_concat_linear_equals_fused():
     concat = ConcatLinear(parts)
     assert (concat.in_features, concat.out_features) == (16, 48)
     assert torch.equal(concat(x), fused(x))
+
+
+def test_fp8_forward_with_applies_weight_functions_to_the_dequantised_weight():
+    """The host protocol (nodes/comfy_ops.py): functions see the float weight, in the activation
+    dtype; with any function the FP8 matmul is skipped (the patched weight is no longer FP8)."""
+    torch.manual_seed(0)
+    layer = FP8Linear(*quantize_fp8_per_row(torch.randn(24, 40)), torch.randn(24))
+    layer.matmul = "scaled_mm_rowwise"
+    x = torch.randn(3, 40)
+    delta = torch.randn(24, 40) * 0.01
+    seen = []
+
+    def patch(w):
+        seen.append(w.dtype)
+        return w + delta
+
+    out = layer.forward_with(x, layer.weight, layer.weight_scale, layer.bias, [patch])
+    assert seen == [torch.float32]
+    assert torch.equal(out, torch.nn.functional.linear(x, layer.dequantized_weight(torch.float32) + delta, layer.bias))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_nf4_dequantized_leaves_the_stored_layer_alone(nested):
+    """Dequantising on a device copies the packed bytes and statistics there; bitsandbytes' own
+    QuantState.to would move the stored layer's shared state instead."""
+    from ideogram4_core.model.quant import dequantize_nf4, nf4_dequantized, nf4_linear
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(128, 64, compute_dtype=torch.float32, compress_statistics=nested, quant_type="nf4")
+    layer.load_state_dict(torch.nn.Linear(128, 64).state_dict())
+    layer = layer.to("cpu")  # quantises
+    state = layer.weight.quant_state
+    before = (state.absmax, state.code, layer.weight.data_ptr())
+    w = nf4_dequantized(layer.weight, torch.bfloat16, torch.device("cpu"))
+    assert w.dtype == torch.bfloat16 and w.shape == (64, 128)
+    assert torch.equal(w, dequantize_nf4(layer).to(torch.bfloat16))
+    assert state.absmax is before[0] and state.code is before[1] and layer.weight.data_ptr() == before[2]
+    x = torch.randn(5, 128)
+    expected = torch.nn.functional.linear(x, dequantize_nf4(layer).float(), layer.bias)
+    assert torch.equal(nf4_linear(x, layer.weight, layer.bias), expected)

@@ -8,11 +8,19 @@ gives.
 NF4 uses bitsandbytes `Linear4bit` (blocksize 64, no double quantisation, like the official
 release); bitsandbytes 0.50 runs it on CPU as well as CUDA. On CPU it has two paths, and
 `keep_cpu_path_valid` decides per layer which one a layer may take (see there).
+
+Layer protocol for hosts that offload weights (ComfyUI's lowvram / partial loading, see
+nodes/comfy_ops.py): `FP8Linear.forward_with(x, weight, scale, bias, weight_functions)` and
+`nf4_dequantized(weight, dtype, device)` take the stored tensors wherever they live, copy them to
+the compute device, dequantise there and apply the host's `weight_functions` (e.g. LoRA patches) to
+the dequantised float weight, never to the quantised storage. The stored parameters are left
+unchanged, so the same model gives the same numbers whether a layer is resident or streamed.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +47,7 @@ class FP8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        # A few rows at a time: the float32 product of a whole layer would be a 1 GB temporary for
-        # llm_cond_proj (4608 x 53248); the values are the same either way.
-        out = torch.empty(self.weight.shape, dtype=dtype, device=self.weight.device)
-        per_row = self.weight_scale.ndim > 0
-        for start in range(0, self.out_features, DEQUANT_ROWS):
-            rows = slice(start, start + DEQUANT_ROWS)
-            scale = self.weight_scale[rows] if per_row else self.weight_scale
-            out[rows] = (self.weight[rows].to(torch.float32) * scale).to(dtype)
-        return out
+        return dequantize_fp8(self.weight, self.weight_scale, dtype)
 
     # "auto": a real FP8 matmul where the GPU has FP8 tensor cores (see `scaled_mm_mode`), otherwise
     # dequantise this one layer. Tests force "scaled_mm_rowwise" / "scaled_mm_tensorwise" on CPU
@@ -55,15 +55,46 @@ class FP8Linear(nn.Module):
     matmul: str = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = self.matmul if self.matmul != "auto" else scaled_mm_mode(self, x)
+        return self.forward_with(x, self.weight, self.weight_scale, self.bias)
+
+    def forward_with(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_functions: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
+    ) -> torch.Tensor:
+        """This layer on the given tensors (this layer's own, or copies of them on x's device).
+
+        weight_functions are applied in order to the dequantised (out, in) weight in x.dtype (a
+        host's weight patches such as LoRA); with any of them the FP8 matmul is skipped, since the
+        patched weight is no longer FP8. `bias` must already be on x's device."""
+        mode = "dequantize" if weight_functions else self.matmul if self.matmul != "auto" else scaled_mm_mode(self, x)
         if mode in ("scaled_mm_rowwise", "scaled_mm_tensorwise"):
-            return fp8_scaled_mm(x, self.weight, self.weight_scale, self.bias, rowwise=mode == "scaled_mm_rowwise")
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+            return fp8_scaled_mm(x, weight, weight_scale, bias, rowwise=mode == "scaled_mm_rowwise")
+        w = dequantize_fp8(weight, weight_scale, x.dtype)
+        for function in weight_functions:
+            w = function(w)
+        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         per = "row" if self.weight_scale.ndim else "tensor"
         return f"in={self.in_features}, out={self.out_features}, {self.weight.dtype}, scale per {per}"
+
+
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(out, in) float8 `weight` times its float32 `scale` (() or (out, 1)), formed in float32 and
+    rounded once to `dtype`, on weight's device.
+
+    A few rows at a time: the float32 product of a whole layer would be a 1 GB temporary for
+    llm_cond_proj (4608 x 53248); the values are the same either way."""
+    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    per_row = scale.ndim > 0
+    for start in range(0, weight.shape[0], DEQUANT_ROWS):
+        rows = slice(start, start + DEQUANT_ROWS)
+        out[rows] = (weight[rows].to(torch.float32) * (scale[rows] if per_row else scale)).to(dtype)
+    return out
 
 
 def scaled_mm_mode(layer: "FP8Linear", x: torch.Tensor) -> str:
@@ -234,6 +265,70 @@ def _unpacked_copy(bnb, data: torch.Tensor, state):
     state.absmax = packed_absmax.t().reshape(-1).to(torch.float32)
     state.nested = False
     return data, state
+
+
+def nf4_dequantized(
+    weight: nn.Parameter, dtype: torch.dtype, device: torch.device, non_blocking: bool = False
+) -> torch.Tensor:
+    """The (out, in) float weight of a bitsandbytes NF4 parameter, dequantised on `device` in `dtype`.
+
+    The packed bytes and block statistics are copied to `device` (no copy where they already are)
+    and the stored parameter and its `quant_state` stay where and as they are: bitsandbytes' own
+    `Params4bit.to` / `QuantState.to` move the shared state in place, which would drag an offloaded
+    layer's statistics onto the compute device."""
+    import bitsandbytes as bnb
+
+    data, state = weight.data, weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # after a packed-path CPU forward (see below)
+        data, state = _unpacked_copy(bnb, data, state)
+
+    def to(t):
+        return None if t is None else t.to(device, non_blocking=non_blocking)
+
+    state2 = None
+    if state.nested:
+        inner = state.state2
+        state2 = bnb.functional.QuantState(absmax=to(inner.absmax), code=to(inner.code), blocksize=inner.blocksize,
+                                           dtype=inner.dtype)
+    on_device = bnb.functional.QuantState(
+        absmax=to(state.absmax), shape=state.shape, code=to(state.code), blocksize=state.blocksize,
+        quant_type=state.quant_type, dtype=state.dtype, offset=to(state.offset), state2=state2,
+    )
+    return bnb.functional.dequantize_4bit(to(data), on_device).to(dtype)
+
+
+def nf4_linear(
+    x: torch.Tensor,
+    weight: nn.Parameter,
+    bias: torch.Tensor | None,
+    weight_functions: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
+    non_blocking: bool = False,
+) -> torch.Tensor:
+    """x @ W^T + bias with W the NF4 `weight` dequantised on x's device in x.dtype, then passed
+    through `weight_functions` in order. On a GPU this is what bitsandbytes' own matmul does for
+    more than one row (dequantise, then a dense matmul); `bias` must already be on x's device."""
+    w = nf4_dequantized(weight, x.dtype, x.device, non_blocking)
+    for function in weight_functions:
+        w = function(w)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+def is_nf4_layer(module: nn.Module) -> bool:
+    """A bitsandbytes Linear4bit or a subclass of it (checked without importing bitsandbytes)."""
+    return any(cls.__name__ == "Linear4bit" for cls in type(module).__mro__)
+
+
+def is_quantized_layer(module: nn.Module) -> bool:
+    """FP8Linear or NF4: a layer whose `weight` holds quantised bytes, not the float weight."""
+    return isinstance(module, FP8Linear) or is_nf4_layer(module)
+
+
+def dequantized_bytes(module: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of the float weight a quantised layer materialises on each call (0 for other layers):
+    what the compute device needs beyond the stored bytes while the layer runs."""
+    if not is_quantized_layer(module):
+        return 0
+    return module.out_features * module.in_features * torch.empty((), dtype=dtype).element_size()
 
 
 def _empty_linear4bit(bnb, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype):

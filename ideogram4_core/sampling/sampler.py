@@ -32,8 +32,8 @@ class StepInfo:
 
 
 StepCallback = Callable[[StepInfo], None]
-# Called with a model right before each of its forward passes, e.g. so a host's memory manager can
-# swap the two transformers in and out when both do not fit at once.
+# Called with a model right before each of its forward passes, e.g. so a host can bring back a model
+# its memory manager evicted meanwhile.
 BeforePass = Callable[[Ideogram4Transformer], None]
 
 
@@ -60,11 +60,14 @@ class GuidedVelocity:
         grid_h: int,
         grid_w: int,
         before_pass: BeforePass | None = None,
+        device: torch.device | None = None,
     ):
         self.model, self.unconditional_model = model, unconditional_model
         self.before_pass = before_pass or (lambda _model: None)
         self.before_pass(model)
-        device = self.device = next(model.parameters()).device
+        # The compute device; a host that streams weights (partial loading) must name it, since
+        # the model's first parameter may then live on the offload device.
+        device = self.device = device or next(model.parameters()).device
         batch = text_features.shape[0]
         if len(text_lengths) != batch:
             raise ValueError(f"{batch} rows of text features but {len(text_lengths)} text lengths")
@@ -110,6 +113,7 @@ def sample(
     noise: torch.Tensor,
     callback: StepCallback | None = None,
     before_pass: BeforePass | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` (B, N, 128) into clean model-space tokens (B, N, 128) fp32.
 
@@ -117,7 +121,8 @@ def sample(
     (a single caption has no padding). Without an unconditional model every step uses the conditional
     velocity alone (for guidance-distilled models); the guidance list is then ignored.
     `callback` runs after every step and may raise SamplingCancelled (or the host's own interrupt);
-    `before_pass` runs before every model call (see BeforePass).
+    `before_pass` runs before every model call (see BeforePass); `device` is where the models
+    compute (default: where the conditional model's first parameter is).
     """
     batch, num_tokens, _ = noise.shape
     if num_tokens != grid_h * grid_w:
@@ -125,7 +130,8 @@ def sample(
     if text_features.shape[0] != batch or len(text_lengths) != batch:
         raise ValueError(f"{text_features.shape[0]} captions for a batch of {batch} latents")
 
-    velocity = GuidedVelocity(model, unconditional_model, text_features, text_lengths, grid_h, grid_w, before_pass)
+    velocity = GuidedVelocity(model, unconditional_model, text_features, text_lengths, grid_h, grid_w, before_pass,
+                              device)
     device = velocity.device
     latents = noise.to(device, torch.float32)
     sigmas = plan.sigmas.to(device, torch.float32)

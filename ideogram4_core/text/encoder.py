@@ -57,9 +57,13 @@ class Ideogram4TextEncoder:
         self.tokenizer = tokenizer
         self.description = description
 
+    # Where `encode` computes; None: where the embedding is. A host that keeps some weights on an
+    # offload device and streams them (ComfyUI's partial loading) sets its compute device here.
+    execution_device: torch.device | None = None
+
     @property
     def device(self) -> torch.device:
-        return self.language_model.embed_tokens.weight.device
+        return self.execution_device or self.language_model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
