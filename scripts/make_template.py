@@ -181,8 +181,10 @@ def build(api: dict, object_info: dict, note: str) -> dict:
     return {
         "last_node_id": note_id, "last_link_id": len(links),
         "nodes": [nodes[n] for n in sorted(nodes, key=int)] + [note_node],
-        "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}},
-        "version": 0.4,
+        "links": links, "groups": [], "config": {}, "version": 0.4,
+        # Front ends that keep the saved view open it on the note, then the graph to its right.
+        "extra": {"ds": {"scale": OPEN_ZOOM, "offset": [round(OPEN_AT[0] / OPEN_ZOOM - MARGIN),
+                                                        round(OPEN_AT[1] / OPEN_ZOOM - MARGIN)]}},
     }
 
 
@@ -203,13 +205,12 @@ def arrange(ui: dict, sizes: dict[int, list[float]]) -> dict:
     column: dict[int, int] = {}
     for i in sorted(graph, key=lambda i: -nodes[i]["order"]):  # sinks first
         column[i] = min((column[c] - 1 for c in consumers[i]), default=last)
-    row: dict[int, float] = {}
+    row: dict[int, float] = {}  # y of each placed node
     x = MARGIN
     for note in (n for n in nodes.values() if n["type"] == "Note"):
         note["pos"] = [x, MARGIN]
         x += note["size"][0] + GAP_X
     columns = {c: [i for i in graph if column[i] == c] for c in sorted(set(column.values()), reverse=True)}
-    placed: dict[int, tuple[int, float]] = {}
     for c, members in columns.items():  # right to left, so consumers are placed first
         members.sort(key=lambda i: (min((row[d] for d in consumers[i]), default=0), i))
         y = MARGIN
@@ -217,12 +218,11 @@ def arrange(ui: dict, sizes: dict[int, list[float]]) -> dict:
             w, h = (10 * -(-v // 10) for v in sizes[i])  # round up to the grid
             nodes[i]["size"] = [int(w), int(h)]
             row[i] = y
-            placed[i] = (c, y)
             y += h + GAP_Y
     width = {c: max(nodes[i]["size"][0] for i in members) for c, members in columns.items()}
     for c in sorted(columns):
         for i in columns[c]:
-            nodes[i]["pos"] = [x, int(placed[i][1])]
+            nodes[i]["pos"] = [x, int(row[i])]
         x += width[c] + GAP_X
     return ui
 
@@ -315,9 +315,6 @@ def make(name: str, host, thumbnail: bool) -> None:
     ui = build(api, host.object_info(), note_text(name))
     placeholder_model_files(host, api)
     ui = front_end_pass(host, ui, TEMPLATE_DIR / f"{name}.jpg" if thumbnail else None)
-    # Front ends that keep the saved view open it on the note, then the graph to its right.
-    scale = OPEN_ZOOM
-    ui["extra"]["ds"] = {"scale": scale, "offset": [round(OPEN_AT[0] / scale - MARGIN), round(OPEN_AT[1] / scale - MARGIN)]}
     out = TEMPLATE_DIR / f"{name}.json"
     out.write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {out} ({len(ui['nodes'])} nodes, {len(ui['links'])} links)")

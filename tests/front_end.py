@@ -83,8 +83,9 @@ def required(reason: str) -> None:
 
 @contextlib.contextmanager
 def serving(versions):
-    """{version: started host} for the browser tests: one server per front end, booted in
-    parallel (boot is the slow part), stopped at the end. Missing pieces skip (fail under CI)."""
+    """{version: started host, or why there is none} for the browser tests: one server per
+    front end, booted in parallel (boot is the slow part), stopped at the end. Take a host with
+    `pick`. Missing pieces skip (fail under CI)."""
     require_comfyui()
     try:
         import playwright  # noqa: F401
@@ -92,12 +93,12 @@ def serving(versions):
         required("Python package playwright missing: pip install playwright")
     if not CHROMIUM.is_file():
         required(f"no {CHROMIUM}: apt-get install -y chromium")
-    servers = {}
+    servers, missing = {}, {}
     for version in dict.fromkeys(versions):
         try:
             servers[version] = host_with_frontend(version)
-        except FileNotFoundError as exc:
-            required(str(exc))
+        except FileNotFoundError as exc:  # reported by `pick`, for the tests that need it
+            missing[version] = str(exc)
     errors = []
 
     def start(host):
@@ -115,7 +116,15 @@ def serving(versions):
         assert not errors, errors
         for host in servers.values():
             assert host.pack_import_failures() == [], host.pack_import_failures()
-        yield servers
+        yield {**servers, **missing}
     finally:
         for host in servers.values():
             host.stop()
+
+
+def pick(hosts: dict, version: str) -> ComfyHost:
+    """The host `serving` started for `version`; skips (fails under CI) when there is none."""
+    host = hosts[version]
+    if isinstance(host, str):
+        required(host)
+    return host

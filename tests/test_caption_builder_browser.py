@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import ComfyHost
-from front_end import NEWEST_FRONTEND, pinned_frontend, serving
+from front_end import NEWEST_FRONTEND, pick, pinned_frontend, serving
 from front_end import open_app as open_page
 
 PINNED_FRONTEND = pinned_frontend()
@@ -95,7 +95,7 @@ def wait_history(host: ComfyHost, known: set, timeout=60.0) -> dict:
 
 @pytest.mark.parametrize("version,mode", CASES, ids=[f"{v}-{m}" for v, m in CASES])
 def test_draw_pick_queue_reload(hosts, browser, version, mode):
-    host = hosts[version]
+    host = pick(hosts, version)
     host.post(f"/settings/{'Comfy.VueNodes.Enabled'}", mode == "vue")  # per-user setting, read at page load
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = []

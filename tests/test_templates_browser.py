@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import PACK_NAME
-from front_end import NEWEST_FRONTEND, open_app, pinned_frontend, serving
+from front_end import NEWEST_FRONTEND, open_app, pick, pinned_frontend, serving
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
@@ -63,7 +63,7 @@ EDITOR_SHOWN = """() => {
 def test_template_browser_lists_the_ui_templates_with_thumbnails_and_opens_the_builder(hosts, browser, version, mode):
     from PIL import Image
 
-    host = hosts[version]
+    host = pick(hosts, version)
     host.post("/settings/Comfy.VueNodes.Enabled", mode == "vue")  # per-user setting, read at page load
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors, fetched = [], {}

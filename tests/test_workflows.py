@@ -286,7 +286,10 @@ def test_ui_workflow_inputs_follow_object_info_and_required_sockets_are_linked(i
         unlinked = [i["name"] for i in node["inputs"]
                     if i["link"] is None and i["name"] in required and not is_widget(specs[i["name"]])]
         assert unlinked == [], (node["id"], unlinked)
-        assert [o["name"] for o in node["outputs"]] == node_info["output_name"], node["id"]
+        # A newer host may add outputs at the end (ComfyUI 0.33's SaveImage passes its images on);
+        # the front end adds those slots when it loads the workflow.
+        outputs = [o["name"] for o in node["outputs"]]
+        assert outputs == node_info["output_name"][:len(outputs)], node["id"]
 
 
 def test_ui_widget_values_follow_object_info_and_equal_the_api_workflow(info, template):
@@ -363,7 +366,8 @@ def test_front_end_loads_each_ui_template_into_its_api_twin(comfy):
             browser.close()
     for name, got in loaded.items():
         ui = load_ui(name)
-        assert sorted(n["id"] for n in got["nodes"]) == sorted(n["id"] for n in ui["nodes"]), name
+        # ids come back as numbers or strings, depending on the front end
+        assert sorted(str(n["id"]) for n in got["nodes"]) == sorted(str(n["id"]) for n in ui["nodes"]), name
         assert [n for n in got["nodes"] if not n["known"] or n["errors"]] == [], name
         assert got["prompt"] == load_api(name), name
 
