@@ -1,7 +1,10 @@
 """Start and drive a real ComfyUI server for integration tests (stdlib only).
 
-The ComfyUI folder comes from ``scripts/setup_comfyui.sh`` (default ``<repo>/.comfyui/ComfyUI``;
-override with ``IDEOGRAM4_COMFYUI_DIR``). Each ``ComfyHost`` gets its own temporary
+The ComfyUI folder comes from ``scripts/setup_comfyui.sh`` (default ``<repo>/.comfyui/ComfyUI``).
+``IDEOGRAM4_COMFYUI_DIR`` names any other ComfyUI work tree (e.g. a 0.33 checkout); run pytest
+with a Python whose environment has that ComfyUI's requirements, since the server runs with
+``sys.executable`` (docs/comfyui-host.md, "Another ComfyUI"). Such a tree is never written to: its
+bytecode goes to ``<repo>/.comfyui/pycache``. Each ``ComfyHost`` gets its own temporary
 ``--base-directory`` holding ``custom_nodes/`` (with this repo linked in), ``models/<folder>/``,
 ``input/``, ``output/``, ``temp/`` and ``user/``, so tests can drop tiny model files into
 ``host.models_dir / "diffusion_models"`` etc. before (or, for most folders, after) the start:
@@ -54,6 +57,19 @@ def comfyui_dir() -> Path:
 
 def comfyui_available() -> bool:
     return (comfyui_dir() / "main.py").is_file()
+
+
+def tree_env(comfy_dir: Path | None = None) -> dict:
+    """Environment for a Python process that runs in a ComfyUI tree: another work tree
+    (IDEOGRAM4_COMFYUI_DIR, maybe shared) is never written to, so its bytecode goes elsewhere."""
+    tree = (comfy_dir or comfyui_dir()).resolve()
+    return {} if tree.is_relative_to(REPO) else {"PYTHONPYCACHEPREFIX": str(REPO / ".comfyui" / "pycache")}
+
+
+def comfyui_version(comfy_dir: Path | None = None) -> str:
+    """The version the tree declares (``comfyui_version.py``), e.g. "0.3.75" or "0.33.0"."""
+    text = ((comfy_dir or comfyui_dir()) / "comfyui_version.py").read_text()
+    return text.split("__version__")[1].split('"')[1]
 
 
 def free_port() -> int:
@@ -175,6 +191,7 @@ class ComfyHost:
             "DO_NOT_TRACK": "1",
             "TQDM_DISABLE": "1",
         })
+        env.update(tree_env(self.comfy_dir))
         env.update(self.extra_env)
         last_error = None
         for _attempt in range(3):  # a free port can be taken between probe and bind

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from comfy_host import PACK_NAME, REPO, comfyui_dir, require_comfyui
+from comfy_host import PACK_NAME, REPO, comfyui_dir, require_comfyui, tree_env
 
 _BOOTSTRAP = r"""
 import importlib.util, json, runpy, sys
@@ -56,7 +56,7 @@ def run_in_comfy(script: Path, args: dict | None = None, out_dir: Path | None = 
         out_dir = Path(out_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1", **tree_env())
         proc = subprocess.run(
             [sys.executable, "-c", _BOOTSTRAP, str(Path(script).resolve()), str(args_path), str(out_dir),
              str(REPO), PACK_NAME.replace("-", "_")],

@@ -3,7 +3,8 @@ browser tests and scripts/make_template.py share.
 
 Front ends: the one the ComfyUI tree pins in its requirements.txt (1.32.9 for 0.3.75, 1.49.6 for
 0.33), installed in the server's Python, and newer ones that `scripts/setup_comfyui.sh --frontend
-VERSION` unpacks under `<ComfyUI>/../frontends/VERSION/`, served with `--front-end-root`.
+VERSION` unpacks under `<repo>/.comfyui/frontends/VERSION/` (another folder: `IDEOGRAM4_FRONTENDS_DIR`,
+e.g. when IDEOGRAM4_COMFYUI_DIR names a tree elsewhere), served with `--front-end-root`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 import threading
 from pathlib import Path
 
-from comfy_host import ComfyHost, comfyui_dir, require_comfyui
+from comfy_host import REPO, ComfyHost, comfyui_dir, require_comfyui
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -36,6 +37,12 @@ def pinned_frontend(comfy_dir: Path | None = None) -> str:
     return found.group(1)
 
 
+def frontends_dir() -> Path:
+    """Where `setup_comfyui.sh --frontend V` puts extra front ends (`<dir>/<V>/`)."""
+    env = os.environ.get("IDEOGRAM4_FRONTENDS_DIR")
+    return Path(env).resolve() if env else REPO / ".comfyui" / "frontends"
+
+
 def frontend_root(version: str) -> Path | None:
     """--front-end-root for `version`, or None for the pinned one (checked to be the installed one).
     Raises FileNotFoundError, naming the command that installs it, when it is not there."""
@@ -44,7 +51,7 @@ def frontend_root(version: str) -> Path | None:
         if installed != version:
             raise FileNotFoundError(f"the Python environment has front end {installed}, the host pins {version}")
         return None
-    root = comfyui_dir().parent / "frontends" / version / "comfyui_frontend_package" / "static"
+    root = frontends_dir() / version / "comfyui_frontend_package" / "static"
     if not (root / "index.html").is_file():
         raise FileNotFoundError(f"no front end {version} at {root}: run "
                                 f"`bash scripts/setup_comfyui.sh --frontend {version}`")

@@ -11,11 +11,13 @@ into a model created on the meta device, so the checkpoint is never held twice i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from transformers import Qwen3VLTextConfig
 from transformers.masking_utils import create_causal_mask
@@ -33,6 +35,35 @@ from ..files.text_encoder_files import (
 from .tokenizer import Qwen3VLTokenizer, bundled_tokenizer, load_tokenizer_folder
 
 QUANTIZE_CHOICES = ("auto", "none", "fp8", "nf4")
+
+# transformers 4.57 (the first release with Qwen3-VL) and 5.x spell two things differently: the RoPE
+# settings (rope_theta + rope_scaling, or one rope_parameters dict) and create_causal_mask's
+# arguments. Both are bridged here, so the pack runs on either (README, "Install into an existing
+# ComfyUI"); tests/test_dependency_floors.py runs the text-encoder tests on 4.57.
+_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+_MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
+
+
+def text_config_for_transformers(text: dict) -> dict:
+    """A Qwen3-VL text config dict in the form the installed transformers reads: 5.x reads
+    rope_parameters (and converts the 4.57 form itself); 4.57 needs rope_theta + rope_scaling."""
+    if _TRANSFORMERS_5 or "rope_parameters" not in text:
+        return text
+    text = dict(text)
+    rope = dict(text.pop("rope_parameters"))
+    text["rope_theta"] = rope.pop("rope_theta")
+    text["rope_scaling"] = rope
+    return text
+
+
+def _causal_mask(config, embeds: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor):
+    """transformers' causal mask for one uncached forward pass, whichever version is installed."""
+    kwargs = {"config": config, "attention_mask": mask, "position_ids": positions}
+    kwargs["inputs_embeds" if "inputs_embeds" in _MASK_PARAMETERS else "input_embeds"] = embeds
+    kwargs["cache" if "cache" in _MASK_PARAMETERS else "past_key_values"] = None
+    if "cache_position" in _MASK_PARAMETERS:  # 4.57
+        kwargs["cache_position"] = torch.arange(embeds.shape[1], device=embeds.device)
+    return create_causal_mask(**kwargs)
 
 
 @dataclass
@@ -142,13 +173,7 @@ def _run_tapped_layers(
     """
     embeds = lm.embed_tokens(ids)
     padded = not bool(mask.all())
-    causal_mask = create_causal_mask(
-        config=lm.config,
-        inputs_embeds=embeds,
-        attention_mask=mask.long() if padded else None,
-        past_key_values=None,
-        position_ids=positions,
-    )
+    causal_mask = _causal_mask(lm.config, embeds, mask.long() if padded else None, positions)
     rope = lm.rotary_emb(embeds, positions[None].expand(3, -1, -1))
     taps_shape = (*ids.shape, lm.config.hidden_size, len(TEXT_ENCODER_TAP_LAYERS))
     taps = torch.empty(taps_shape, dtype=torch.float32, device=ids.device)
@@ -200,7 +225,7 @@ def load_text_encoder(
 def _build_language_model(
     checkpoint: TextEncoderCheckpoint, device: torch.device, dtype: torch.dtype, quantize: str
 ) -> Qwen3VLTextModel:
-    config = Qwen3VLTextConfig(**checkpoint.text_config)
+    config = Qwen3VLTextConfig(**text_config_for_transformers(checkpoint.text_config))
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         lm = Qwen3VLTextModel(config)
