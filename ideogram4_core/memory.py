@@ -84,3 +84,21 @@ def _malloc_trim():
         return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
+
+
+def generation_bytes(text_config, tokens: int, dtype_bytes: int = 2, vision_patches: int = 0,
+                     vision_config=None) -> int:
+    """Device memory that decoding `tokens` tokens (prompt + generated) needs beyond the weights,
+    generously rounded: the KV cache of every layer, the prefill's widest activations (the MLP's
+    two intermediate branches, q/k/v, a dense score matrix for the CPU fallback), float32 logits;
+    for an image, the vision tower's activations over its patches."""
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    kv_cache = 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * tokens * dtype_bytes
+    per_token = 3 * text_config.intermediate_size + 4 * text_config.hidden_size
+    prefill = tokens * per_token * dtype_bytes + text_config.num_attention_heads * tokens * tokens * 4
+    logits = 4 * text_config.vocab_size * 4
+    vision = 0
+    if vision_patches:
+        vision = vision_patches * (3 * vision_config.intermediate_size + 6 * vision_config.hidden_size) * dtype_bytes
+        vision += vision_config.num_heads * vision_patches * vision_patches * 4
+    return int((kv_cache + prefill + logits + vision) * 1.5)

@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 from .caption import Ideogram4CaptionBuilder
 from .latent import Ideogram4EmptyLatent
 from .loaders import Ideogram4ModelLoader, Ideogram4TextEncoderLoader
+from .prompting import Ideogram4Describe, Ideogram4MagicPrompt
 from .sampling import Ideogram4Sampler
 from .text import Ideogram4TextEncode
 from .vae import Ideogram4VAEDecode
@@ -14,6 +15,8 @@ NODES = [
     Ideogram4TextEncoderLoader,
     Ideogram4TextEncode,
     Ideogram4CaptionBuilder,
+    Ideogram4MagicPrompt,
+    Ideogram4Describe,
     Ideogram4EmptyLatent,
     Ideogram4Sampler,
     Ideogram4VAEDecode,

@@ -25,6 +25,8 @@ FIXES = {
                 "(about 4.5 GB), or start ComfyUI with --lowvram",
     "sampling": "use a smaller size or batch_size in Ideogram 4 Empty Latent, load the transformers as NF4 "
                 "(quantization 'nf4'), or start ComfyUI with --lowvram",
+    "generating": "lower max_tokens in Ideogram 4 Magic Prompt / Describe, load the FP8 or NF4 text encoder, "
+                  "or start ComfyUI with --lowvram",
     "decoding": "set tile_size to 512 (or 256) in Ideogram 4 VAE Decode, use a smaller size or batch_size, "
                 "or start ComfyUI with --lowvram",
 }

@@ -7,7 +7,11 @@ Accepted sources, all safetensors (nothing else is ever opened):
 - a single file such as Comfy-Org's `qwen3vl_8b_fp8_scaled.safetensors` or a bf16 repack.
 
 Language-model keys are found under `model.language_model.` (Qwen3VLForConditionalGeneration) or
-`language_model.` (Qwen3VLModel). Vision-tower and `lm_head` tensors are never read.
+`language_model.` (Qwen3VLModel). Text-to-image reads nothing else. The vision tower
+(`model.visual.*` / `visual.*`) and the LM head (`lm_head.weight`) are only detected from the
+headers here; `text/generative.py` reads them when a magic prompt or a describe runs. A separate
+LM-head file (diffusers' `qwen3-vl-8b-instruct-lm-head`: one `lm_head.weight`) is read by
+`open_lm_head_file`.
 
 Per Linear `M`, the stored weight may be:
 - plain float: `M.weight`;
@@ -23,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +37,10 @@ from ..constants import TEXT_ENCODER_TAP_LAYERS
 from .safetensors_io import SafetensorsHeader, TensorReader, read_header
 
 LANGUAGE_MODEL_PREFIXES = ("model.language_model.", "language_model.")
+# Where each layout keeps the vision tower, keyed by its language-model prefix.
+VISION_PREFIXES = {"model.language_model.": "model.visual.", "language_model.": "visual."}
+LM_HEAD_KEY = "lm_head.weight"
+VISION_PROBE = "patch_embed.proj.weight"
 REQUIRED_LAYERS = TEXT_ENCODER_TAP_LAYERS[-1] + 1  # 36: the last tap is the last layer
 
 # Known Qwen3-VL-8B facts used when a single file carries no config (spec §C.1).
@@ -118,32 +126,22 @@ def _guarded(path: Path, call, *args):
 
 
 @dataclass
-class TextEncoderCheckpoint:
-    """A recognised text-encoder checkpoint, weights not yet read."""
+class WeightFile:
+    """Safetensors weights read by name under `prefix`, dequantised as stored (fp8 + scale, NF4)."""
 
     path: Path
     weights: SafetensorsWeights
     prefix: str
-    text_config: dict
-    quantization_config: dict | None
-    tokenizer_dir: Path | None
 
-    @property
-    def storage(self) -> str:
-        """"nf4", "fp8" or "float": how the decoder's Linear weights are stored."""
-        keys = self.weights.keys()
-        if any(k.endswith(NF4_STATE_SUFFIX) for k in keys):
-            return "nf4"
-        probe = f"{self.prefix}layers.0.self_attn.q_proj.weight"
-        base = probe[: -len(".weight")]
-        scaled = any(base + s in self.weights for s in (".weight_scale", ".scale_weight", ".comfy_quant"))
-        if scaled or self.weights.dtype_name(probe).startswith("F8"):
-            return "fp8"
-        return "float"
+    def fingerprint(self) -> tuple:
+        """Path, size and modification time of every file: reading a part later (the LM head, the
+        vision tower) is refused when the files changed since the language model was loaded."""
+        return tuple((str(h.path), h.file_size, h.mtime_ns) for h in self.weights.headers)
 
-    def read_linear(self, name: str) -> torch.Tensor | Fp8Weight | Nf4Weight:
-        """The weight of Linear `name` (e.g. "layers.3.mlp.up_proj") as it is stored."""
-        base = self.prefix + name
+    def read_linear(self, name: str, prefix: str | None = None) -> torch.Tensor | Fp8Weight | Nf4Weight:
+        """The weight of Linear `name` (e.g. "layers.3.mlp.up_proj") as it is stored; `prefix`
+        defaults to the language model's."""
+        base = (self.prefix if prefix is None else prefix) + name
         key = base + ".weight"
         if key + NF4_STATE_SUFFIX in self.weights:
             stats = {
@@ -165,7 +163,7 @@ class TextEncoderCheckpoint:
         if scale.numel() == 1:
             scale = scale.reshape(())
         elif scale.numel() == weight.shape[0]:
-            scale = scale.reshape(-1, 1)
+            scale = scale.reshape(-1, *([1] * (weight.dim() - 1)))
         else:
             raise TextEncoderFileError(
                 f"{self.path}: {scale_key} has {scale.numel()} values; expected 1 (per tensor) "
@@ -175,12 +173,12 @@ class TextEncoderCheckpoint:
             return weight.to(torch.float32) * scale
         return Fp8Weight(weight, scale)
 
-    def read_dense(self, name: str) -> torch.Tensor:
+    def read_dense(self, name: str, prefix: str | None = None) -> torch.Tensor:
         """A non-Linear tensor (embedding, norm weight), dequantised if it was stored scaled."""
         if name.endswith(".weight"):
-            stored = self.read_linear(name[: -len(".weight")])
+            stored = self.read_linear(name[: -len(".weight")], prefix)
         else:
-            stored = self._require(self.prefix + name)
+            stored = self._require((self.prefix if prefix is None else prefix) + name)
         if isinstance(stored, Nf4Weight):
             raise TextEncoderFileError(f"{self.path}: {name} is 4-bit packed; only Linear layers may be")
         return stored.dequantize() if isinstance(stored, Fp8Weight) else stored
@@ -216,6 +214,49 @@ class TextEncoderCheckpoint:
         return self.weights.get(key)
 
 
+@dataclass
+class TextEncoderCheckpoint(WeightFile):
+    """A recognised text-encoder checkpoint, weights not yet read."""
+
+    text_config: dict = field(default_factory=dict)
+    quantization_config: dict | None = None
+    tokenizer_dir: Path | None = None
+    config: dict = field(default_factory=dict)  # the whole config.json; {} for a single file
+
+    @property
+    def storage(self) -> str:
+        """"nf4", "fp8" or "float": how the decoder's Linear weights are stored."""
+        keys = self.weights.keys()
+        if any(k.endswith(NF4_STATE_SUFFIX) for k in keys):
+            return "nf4"
+        probe = f"{self.prefix}layers.0.self_attn.q_proj.weight"
+        base = probe[: -len(".weight")]
+        scaled = any(base + s in self.weights for s in (".weight_scale", ".scale_weight", ".comfy_quant"))
+        if scaled or self.weights.dtype_name(probe).startswith("F8"):
+            return "fp8"
+        return "float"
+
+    @property
+    def has_lm_head(self) -> bool:
+        """An `lm_head.weight` of its own (Comfy-Org's single files, Qwen/Qwen3-VL-8B-Instruct)."""
+        return LM_HEAD_KEY in self.weights
+
+    @property
+    def vision_prefix(self) -> str | None:
+        """Key prefix of the vision tower, or None when the file has none."""
+        prefix = VISION_PREFIXES[self.prefix]
+        return prefix if prefix + VISION_PROBE in self.weights else None
+
+    def vision_config(self) -> dict:
+        """Qwen3VLVisionConfig fields: from config.json when the folder has one, else from the
+        tensor shapes plus the published Qwen3-VL-8B facts (a single file carries no config)."""
+        if self.vision_prefix is None:
+            raise TextEncoderFileError(f"{self.path} has no vision tower")
+        if self.config.get("vision_config"):
+            return dict(self.config["vision_config"])
+        return _inferred_vision_config(self.weights, self.vision_prefix, self.path)
+
+
 def _header_quantization_layers(metadata: dict[str, str]) -> dict[str, dict]:
     """ComfyUI's optional `_quantization_metadata` header entry: {"layers": {name: {"format": ...}}}."""
     raw = metadata.get("_quantization_metadata")
@@ -242,7 +283,28 @@ def open_text_encoder_checkpoint(path: str | Path) -> TextEncoderCheckpoint:
     from ..text.tokenizer import find_tokenizer_folder
 
     tokenizer_dir = find_tokenizer_folder(folder) if folder else None
-    return TextEncoderCheckpoint(path, weights, prefix, text_config, quantization_config, tokenizer_dir)
+    return TextEncoderCheckpoint(path, weights, prefix, text_config, quantization_config, tokenizer_dir, config)
+
+
+def open_lm_head_file(path: str | Path) -> WeightFile:
+    """A separate LM head: a single .safetensors file, or a folder holding one (diffusers'
+    `qwen3-vl-8b-instruct-lm-head` keeps `diffusion_pytorch_model.safetensors` beside its
+    config.json), with an `lm_head.weight` of shape (vocab, hidden). Any text-encoder file that has
+    an LM head works too: only that tensor is read."""
+    path = Path(path)
+    if not path.exists():
+        raise TextEncoderFileError(f"{path} does not exist")
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [_single_file(path)]
+    if not files:
+        raise TextEncoderFileError(f"{path} holds no .safetensors file; expected an LM head with 'lm_head.weight'")
+    weights = SafetensorsWeights.open(files)
+    if LM_HEAD_KEY not in weights:
+        weights.close()
+        raise TextEncoderFileError(
+            f"{path} has no {LM_HEAD_KEY!r} tensor, so it is not an LM head (it "
+            f"{_describe_keys(list(weights.keys()))[:300]})"
+        )
+    return WeightFile(path, weights, "")
 
 
 def _model_folder(path: Path) -> Path:
@@ -403,6 +465,39 @@ def _linear_out_features(weights: SafetensorsWeights, base: str) -> int:
         state = json.loads(bytes(weights.get(state_key).tolist()).decode("utf-8"))
         return int(state["shape"][0])
     return weights.shape(base + ".weight")[0]
+
+
+# Qwen3-VL-8B's vision tower (its config.json; transformers' Qwen3VLVisionConfig defaults are the
+# same): fixed facts that tensor shapes cannot show, keyed by the number of blocks.
+QWEN3VL_VISION_FACTS = {27: {"num_heads": 16, "deepstack_visual_indexes": [8, 16, 24], "hidden_act": "gelu_pytorch_tanh"}}
+
+
+def _inferred_vision_config(weights: SafetensorsWeights, prefix: str, path: Path) -> dict:
+    """Vision config of a single file: sizes from the shapes, the rest from QWEN3VL_VISION_FACTS."""
+    hidden, in_channels, temporal, patch, _ = weights.shape(prefix + VISION_PROBE)
+    block_prefix = prefix + "blocks."
+    depth = len({k[len(block_prefix):].split(".")[0] for k in weights.keys() if k.startswith(block_prefix)})
+    deepstack_prefix = prefix + "deepstack_merger_list."
+    deepstack = len({k[len(deepstack_prefix):].split(".")[0] for k in weights.keys() if k.startswith(deepstack_prefix)})
+    facts = QWEN3VL_VISION_FACTS.get(depth)
+    if facts is None or len(facts["deepstack_visual_indexes"]) != deepstack:
+        raise TextEncoderFileError(
+            f"{path}: its vision tower has {depth} blocks and {deepstack} deepstack mergers, which is not "
+            "Qwen3-VL-8B's (27 and 3); a single file carries no config, so use a Qwen3-VL folder with config.json"
+        )
+    merged = _linear_out_features(weights, prefix + "merger.linear_fc1")
+    return {
+        **facts,
+        "depth": depth,
+        "hidden_size": hidden,
+        "in_channels": in_channels,
+        "temporal_patch_size": temporal,
+        "patch_size": patch,
+        "intermediate_size": _linear_out_features(weights, prefix + "blocks.0.mlp.linear_fc1"),
+        "spatial_merge_size": round((merged / hidden) ** 0.5),
+        "out_hidden_size": _linear_out_features(weights, prefix + "merger.linear_fc2"),
+        "num_position_embeddings": weights.shape(prefix + "pos_embed.weight")[0],
+    }
 
 
 def _mrope_section(head_dim: int) -> tuple[int, int, int]:

@@ -5,8 +5,10 @@
     encoder.offload()                                              # weights back to CPU
 
 Only the language model is built (transformers' `Qwen3VLTextModel`); the vision tower and
-`lm_head` are never allocated or read. Weights are streamed from the files one tensor at a time
-into a model created on the meta device, so the checkpoint is never held twice in memory.
+`lm_head` are not allocated or read here. Weights are streamed from the files one tensor at a time
+into a model created on the meta device, so the checkpoint is never held twice in memory. What
+else the files hold is recorded in `encoder.source` (from the headers alone), so the magic prompt
+and describe can read the LM head and the vision tower on demand (`text/generative.py`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ def _causal_mask(config, embeds: torch.Tensor, mask: torch.Tensor | None, positi
     return create_causal_mask(**kwargs)
 
 
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Where a loaded encoder came from and which optional parts those files hold."""
+
+    path: Path
+    fingerprint: tuple  # files, sizes and mtimes at load time (see WeightFile.fingerprint)
+    has_lm_head: bool  # an lm_head.weight of its own
+    has_vision_tower: bool
+
+
 @dataclass
 class TextFeatures:
     """Encoder output for a batch of captions.
@@ -83,10 +95,12 @@ class TextFeatures:
 class Ideogram4TextEncoder:
     """A loaded Qwen3-VL language model plus its tokenizer. Not an nn.Module: `to()` moves the weights."""
 
-    def __init__(self, language_model: Qwen3VLTextModel, tokenizer: Qwen3VLTokenizer, description: str):
+    def __init__(self, language_model: Qwen3VLTextModel, tokenizer: Qwen3VLTokenizer, description: str,
+                 source: CheckpointSource | None = None):
         self.language_model = language_model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.description = description
+        self.source = source
 
     # Where `encode` computes; None: where the embedding is. A host that keeps some weights on an
     # offload device and streams them (ComfyUI's partial loading) sets its compute device here.
@@ -207,6 +221,8 @@ def load_text_encoder(
     checkpoint = open_text_encoder_checkpoint(path)
     try:
         storage = checkpoint.storage
+        source = CheckpointSource(Path(path), checkpoint.fingerprint(), checkpoint.has_lm_head,
+                                  checkpoint.vision_prefix is not None)
         language_model = _build_language_model(checkpoint, torch.device(device), dtype, quantize)
     finally:
         checkpoint.weights.close()
@@ -219,7 +235,7 @@ def load_text_encoder(
         )
     target = storage if quantize == "auto" else "float" if quantize == "none" else quantize
     description = f"Qwen3-VL text encoder from {Path(path).name} (stored {storage}, running {target} / {dtype})"
-    return Ideogram4TextEncoder(language_model, tokenizer, description)
+    return Ideogram4TextEncoder(language_model, tokenizer, description, source)
 
 
 def _build_language_model(

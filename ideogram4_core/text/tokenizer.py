@@ -32,6 +32,9 @@ BUNDLED_TOKENIZER_DIR = Path(__file__).with_name("qwen3vl_tokenizer")
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
 
 # Qwen's pre-tokenizer split (the same pattern in every Qwen2/2.5/3 tokenizer.json): contractions,
 # letters with one leading non-letter, single digits, punctuation runs, newlines, spaces.
@@ -105,6 +108,25 @@ class Qwen3VLTokenizer:
             + self.encode_text("\n")
             + [self.im_start_id]
             + self.encode_text("assistant\n")
+        )
+
+    def frame_chat(self, system: str, user: str, image_tokens: int = 0) -> list[int]:
+        """Ids of a system turn and a user turn, then the assistant's turn opened (for generation).
+
+        With `image_tokens` > 0 the user turn starts with one image, as Qwen3-VL's chat template
+        places it: <|vision_start|>, that many <|image_pad|> placeholders, <|vision_end|>. As in
+        `frame`, text never becomes control tokens, and text between two control tokens is encoded
+        as one piece, as the reference tokenizes the rendered template.
+        """
+        if image_tokens:
+            image = [self._id_of(VISION_START)] + [self._id_of(IMAGE_PAD)] * image_tokens + [self._id_of(VISION_END)]
+            user_turn = self.encode_text("user\n") + image + self.encode_text(user)
+        else:
+            user_turn = self.encode_text("user\n" + user)
+        return (
+            [self.im_start_id] + self.encode_text("system\n" + system) + [self.im_end_id] + self.encode_text("\n")
+            + [self.im_start_id] + user_turn + [self.im_end_id]
+            + self.encode_text("\n") + [self.im_start_id] + self.encode_text("assistant\n")
         )
 
     def count_tokens(self, caption: str) -> int:
