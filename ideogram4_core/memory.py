@@ -86,19 +86,21 @@ def _malloc_trim():
         return None
 
 
-def generation_bytes(text_config, tokens: int, dtype_bytes: int = 2, vision_patches: int = 0,
-                     vision_config=None) -> int:
-    """Device memory that decoding `tokens` tokens (prompt + generated) needs beyond the weights,
-    generously rounded: the KV cache of every layer, the prefill's widest activations (the MLP's
-    two intermediate branches, q/k/v, a dense score matrix for the CPU fallback), float32 logits;
-    for an image, the vision tower's activations over its patches."""
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    kv_cache = 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * tokens * dtype_bytes
-    per_token = 3 * text_config.intermediate_size + 4 * text_config.hidden_size
-    prefill = tokens * per_token * dtype_bytes + text_config.num_attention_heads * tokens * tokens * 4
-    logits = 4 * text_config.vocab_size * 4
+def generation_bytes(language_model: nn.Module, tokens: int, vision_patches: int = 0, vision_config=None) -> int:
+    """What decoding `tokens` tokens (prompt + generated) needs on the compute device beyond the
+    resident weights, generously rounded: the KV cache of every layer, the prefill's widest
+    activations (the MLP's intermediate branches, a few hidden-state copies, attention scores in
+    case SDPA takes its math path), float32 logits, the dequantisation workspace of quantised
+    layers; for an image also the vision tower's activations over its patches."""
+    cfg = language_model.config
+    dtype = language_model.embed_tokens.weight.dtype
+    size = torch.empty((), dtype=dtype).element_size()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_cache = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * tokens * size
+    prefill = tokens * (3 * cfg.intermediate_size + 8 * cfg.hidden_size) * size + cfg.num_attention_heads * tokens**2 * size
+    logits = 4 * cfg.vocab_size * 4
     vision = 0
     if vision_patches:
-        vision = vision_patches * (3 * vision_config.intermediate_size + 6 * vision_config.hidden_size) * dtype_bytes
-        vision += vision_config.num_heads * vision_patches * vision_patches * 4
-    return int((kv_cache + prefill + logits + vision) * 1.5)
+        vision = vision_patches * (3 * vision_config.intermediate_size + 8 * vision_config.hidden_size) * size
+        vision += vision_config.num_heads * vision_patches**2 * size
+    return int(1.5 * (kv_cache + prefill + logits + vision)) + dequant_workspace_bytes(language_model, dtype)

@@ -15,7 +15,6 @@ import torch
 from comfy_api.latest import io
 
 import comfy.model_management
-import comfy.model_patcher
 import comfy.utils
 
 from ..ideogram4_core.memory import generation_bytes, weight_bytes
@@ -24,9 +23,11 @@ from ..ideogram4_core.text.generative import (GenerativeQwen3VL, MissingPartErro
                                               lm_head_problem, vision_problem)
 from ..ideogram4_core.text.magic_prompt import BBOX_CHOICES, CaptionRequest, magic_prompt, magic_prompt_ids
 from .files import check_choice, check_model_name, file_fingerprint, first_problem, list_models, resolve_model
+from .comfy_ops import make_offloadable
 from .latent import side_input
 from .loaders import TE_FOLDER, TE_MARKERS, TextEncoderType
 from .oom import oom_guard
+from .patcher import Ideogram4ModelPatcher
 from .text import unload
 
 FROM_ENCODER = "(from the text encoder)"
@@ -71,13 +72,18 @@ def _lm_head_fingerprint(lm_head) -> str:
 
 
 class _Parts(torch.nn.Module):
-    """The LM head (and vision tower) under one ModelPatcher."""
+    """The LM head (and vision tower) under one ModelPatcher, offloadable layer by layer like the
+    language model (ComfyUI may keep part of them on the offload device and stream them)."""
 
-    def __init__(self, lm_head, vision):
+    def __init__(self, lm_head, vision, dtype: torch.dtype):
         super().__init__()
         self.lm_head = lm_head
         self.vision = vision
         self.device = lm_head.weight.device
+        self.dtype = dtype
+
+    def get_dtype(self) -> torch.dtype:  # the compute dtype, for ModelPatcher.model_dtype()
+        return self.dtype
 
 
 @contextlib.contextmanager
@@ -93,9 +99,10 @@ def _generative_model(text_encoder, lm_head: str, with_vision: bool, extra_bytes
     offload = text_encoder.patcher.offload_device
     head = load_lm_head(encoder, head_path, device=offload, dtype=encoder.dtype)
     vision = load_vision_tower(encoder, device=offload, dtype=encoder.dtype) if with_vision else None
-    parts = _Parts(head, vision)
-    patcher = comfy.model_patcher.ModelPatcher(parts, load_device=text_encoder.patcher.load_device,
-                                               offload_device=offload, size=weight_bytes(parts))
+    parts = _Parts(head, vision, encoder.dtype)
+    make_offloadable(parts)
+    patcher = Ideogram4ModelPatcher(parts, load_device=text_encoder.patcher.load_device, offload_device=offload,
+                                    size=weight_bytes(parts))
     try:
         comfy.model_management.load_models_gpu([text_encoder.patcher, patcher],
                                                memory_required=extra_bytes(vision and vision.config))
@@ -115,10 +122,6 @@ def _token_callback(max_tokens: int):
         bar.update_absolute(count, max_tokens)
 
     return on_token
-
-
-def _dtype_bytes(encoder) -> int:
-    return torch.finfo(encoder.dtype).bits // 8
 
 
 class Ideogram4MagicPrompt(io.ComfyNode):
@@ -161,7 +164,7 @@ class Ideogram4MagicPrompt(io.ComfyNode):
                                  max_tokens=max_tokens)
         encoder = text_encoder.encoder
         tokens = len(magic_prompt_ids(encoder.tokenizer, prompt, width, height, request)) + max_tokens
-        estimate = lambda _: generation_bytes(encoder.language_model.config, tokens, _dtype_bytes(encoder))  # noqa: E731
+        estimate = lambda _: generation_bytes(encoder.language_model, tokens)  # noqa: E731
         with oom_guard("generating", f"max_tokens {max_tokens}"), \
                 _generative_model(text_encoder, lm_head, False, estimate) as model:
             result = magic_prompt(model, encoder.tokenizer, prompt, request, width=width, height=height,
@@ -219,8 +222,7 @@ class Ideogram4Describe(io.ComfyNode):
 
         def estimate(vision_config) -> int:  # the largest image describe feeds the vision tower
             patches, image_tokens = largest_image(vision_config)
-            return generation_bytes(encoder.language_model.config, text_tokens + image_tokens, _dtype_bytes(encoder),
-                                    patches, vision_config)
+            return generation_bytes(encoder.language_model, text_tokens + image_tokens, patches, vision_config)
 
         with oom_guard("generating", f"describe {width}x{height}"), \
                 _generative_model(text_encoder, lm_head, True, estimate) as model:

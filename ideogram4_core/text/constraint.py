@@ -25,10 +25,14 @@ from __future__ import annotations
 import json
 import threading
 
-import llguidance
-import llguidance.torch
 import numpy as np
 import torch
+
+try:
+    import llguidance
+    import llguidance.torch
+except ImportError:  # the pack was updated without re-installing requirements.txt
+    llguidance = None
 
 from .caption_grammar import COMPILE_OPTIONS
 from .tokenizer import IM_END, PAD_TOKEN, Qwen3VLTokenizer
@@ -55,6 +59,10 @@ class _VocabularyTables:
     """Per tokenizer: llguidance's tokenizer (about 1 s to build) and the finishing preference order."""
 
     def __init__(self, tokenizer: Qwen3VLTokenizer, vocab_size: int):
+        if llguidance is None:
+            raise ImportError("the magic prompt and describe need the llguidance package, which is missing: run "
+                              "'pip install -r requirements.txt' in ComfyUI's Python environment (it has no "
+                              "dependencies and leaves torch alone), then restart ComfyUI")
         self.vocab_size = vocab_size
         self.eos_ids = [tokenizer._id_of(IM_END), tokenizer._id_of(PAD_TOKEN)]
         self.ll_tokenizer = llguidance.LLTokenizer(_tokenizer_json(tokenizer), n_vocab=vocab_size,

@@ -244,9 +244,11 @@ def _prefill_inputs(model: GenerativeQwen3VL, prompts, pad_id: int, device: torc
     text = (mask.cumsum(-1) - 1).clamp(min=0)
     if image is None:
         return ids, mask, text[None].expand(4, -1, -1)
-    token_types = (ids == model.model.config.image_token_id).int()
-    vision, _ = model.model.get_rope_index(ids, mm_token_type_ids=token_types,
-                                           image_grid_thw=image.grid_thw.to(device), attention_mask=mask)
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(model.model.get_rope_index).parameters:  # transformers 5.x
+        extra["mm_token_type_ids"] = (ids == model.model.config.image_token_id).int()
+    vision, _ = model.model.get_rope_index(ids, image_grid_thw=image.grid_thw.to(device), attention_mask=mask,
+                                           **extra)
     return ids, mask, torch.cat([text[None], vision], dim=0)
 
 
