@@ -140,7 +140,8 @@ class Ideogram4TextEncoderLoader(io.ComfyNode):
             node_id="Ideogram4TextEncoderLoader",
             display_name="Load Ideogram 4 Text Encoder",
             category="Ideogram 4",
-            description="Loads the Qwen3-VL-8B language model (no vision tower) with an offline tokenizer.",
+            description="Loads the Qwen3-VL-8B language model with an offline tokenizer. The LM head and the vision "
+            "tower are not loaded here; Magic Prompt and Describe read them when they run.",
             inputs=[
                 io.Combo.Input("text_encoder_name", options=list_models(TE_FOLDER, TE_MARKERS),
                                tooltip="From models/text_encoders: qwen3vl_8b_fp8_scaled.safetensors, a bf16 "

@@ -170,7 +170,7 @@ class Ideogram4MagicPrompt(io.ComfyNode):
             result = magic_prompt(model, encoder.tokenizer, prompt, request, width=width, height=height,
                                   device=encoder.device, on_token=_token_callback(max_tokens))
         _report("magic prompt", result)
-        return io.NodeOutput(result.caption)
+        return io.NodeOutput(result.caption, ui={"ideogram4_caption": [result.caption]})  # for the builder's Import
 
 
 class Ideogram4Describe(io.ComfyNode):
@@ -229,7 +229,7 @@ class Ideogram4Describe(io.ComfyNode):
             result = describe(model, encoder.tokenizer, picture, request, device=encoder.device,
                               on_token=_token_callback(max_tokens))
         _report("describe", result)
-        return io.NodeOutput(result.caption, width, height)
+        return io.NodeOutput(result.caption, width, height, ui={"ideogram4_caption": [result.caption]})
 
 
 def _report(task: str, result) -> None:

@@ -11,6 +11,9 @@ import { api } from "../../scripts/api.js";
 import { CaptionEditor } from "./caption_builder/editor.js";
 
 const NODE_ID = "Ideogram4CaptionBuilder";
+// Nodes whose last generated caption Import can read when linked to import_caption (their STRING
+// output is not a widget, so its text only reaches the browser in the run's UI message).
+const CAPTION_SOURCES = ["Ideogram4MagicPrompt", "Ideogram4Describe"];
 const FIELD_NAMES = ["high_level_description", "style", "photo_or_art_style", "aesthetics", "lighting", "medium", "background"];
 const EDITOR_MIN_HEIGHT = 560;
 
@@ -42,11 +45,13 @@ function markChanged(node) {
   app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
 }
 
-/** The import_caption text: the widget's own value, or a linked node's text widget. */
+/** The import_caption text: the widget's own value, a linked Magic Prompt / Describe node's last
+ * caption, or a linked node's text widget. */
 function readImportText(node) {
   const slot = node.inputs?.findIndex((input) => input.name === "import_caption") ?? -1;
   if (slot >= 0 && node.inputs[slot].link != null) {
     const source = node.getInputNode?.(slot);
+    if (source && CAPTION_SOURCES.includes(source.comfyClass ?? source.type)) return source.ideogram4Caption ?? null;
     const text = source?.widgets?.find((w) => typeof w.value === "string" && w.value.trim());
     return text ? text.value : null;
   }
@@ -119,6 +124,13 @@ function attachEditor(node) {
 app.registerExtension({
   name: "ideogram4.CaptionBuilder",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (CAPTION_SOURCES.includes(nodeData?.name)) {
+      chain(nodeType.prototype, "onExecuted", function (output) {
+        const caption = output?.ideogram4_caption;
+        if (caption) this.ideogram4Caption = Array.isArray(caption) ? caption[0] : String(caption);
+      });
+      return;
+    }
     if (nodeData?.name !== NODE_ID) return;
     chain(nodeType.prototype, "onNodeCreated", function () { attachEditor(this); });
     // configure() has just written widgets_values (a loaded workflow): show that layout.

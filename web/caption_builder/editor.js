@@ -122,7 +122,7 @@ export class CaptionEditor {
     const text = this.host.readImportText();
     if (!text || !text.trim()) {
       this.showReport("Nothing to import: paste a caption into import_caption (or connect a text node " +
-        "whose value is a widget), then press Import.");
+        "whose value is a widget, or a Magic Prompt / Describe node and run it once), then press Import.");
       return;
     }
     let parsed;
