@@ -26,7 +26,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 # Modules that ComfyUI itself provides or installs (its own modules, torch, aiohttp for its server).
 HOST_MODULES = {"torch", "comfy", "comfy_api", "comfy_execution", "folder_paths", "latent_preview", "server",
-                "nodes", "aiohttp"}
+                "nodes", "aiohttp", "numpy"}  # numpy: ComfyUI's own requirements.txt installs it
 TORCH_FAMILY = {"torch", "torchvision", "torchaudio"}
 
 
