@@ -176,3 +176,23 @@ def test_missing_vision_tower_is_a_clear_error(host):
     assert error["node_id"] == "3"
     for fragment in ("has no vision tower", "qwen3vl_8b_fp8_scaled.safetensors", "text_encoder/"):
         assert fragment in error["exception_message"], error["exception_message"]
+
+
+def test_magic_prompt_template_wiring(host):
+    """The bundled template's API twin up to Text Encode, with the tiny text encoder: the magic
+    prompt's caption goes through the builder (blank layout) into Text Encode unchanged."""
+    from pathlib import Path
+
+    twin = json.loads((Path(__file__).parent.parent / "api_workflows" / "image_ideogram4_magic_prompt_api.json")
+                      .read_text())
+    prompt = {k: twin[k] for k in ("2", "11", "10", "3")}
+    prompt["2"]["inputs"].update(text_encoder_name=WITH_HEAD + "/", compute_dtype="float32")
+    prompt["11"]["inputs"].update(max_tokens=128)
+    prompt["20"] = {"class_type": "PreviewAny", "inputs": {"source": ["11", 0]}}
+    prompt["21"] = {"class_type": "PreviewAny", "inputs": {"source": ["10", 0]}}
+    prompt["22"] = {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}}
+    entry = host.run(prompt, timeout=600)
+    generated = caption_of(entry, "20")
+    assert_strict(generated)
+    assert caption_of(entry, "21") == generated
+    assert int(caption_of(entry, "22")) > 0
