@@ -12,7 +12,6 @@ vision tower and an LM head, in the published text-encoder layouts:
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from PIL import Image
 from ideogram4_core.captions.verify import verify_caption
 from prompting_fixtures import (tiny_generative_qwen3vl, write_comfy_file, write_hf_folder_with_head,
                                 write_lm_head_folder, write_text_only_file)
-from reliability_helpers import cached_nodes, execution_error, messages, refused, run_error, wait_idle
+from reliability_helpers import cached_nodes, messages, refused, run_error, wait_idle
 from server_models import TEXT_ENCODER_FOLDER
 
 FROM_ENCODER = "(from the text encoder)"

@@ -412,10 +412,10 @@ def _text_config(config: dict, weights: SafetensorsWeights, prefix: str, path: P
     if config:
         text = dict(config.get("text_config", config))
         text.pop("model_type", None)
-        for field, value in shapes.items():
-            if field in text and text[field] != value:
+        for name, value in shapes.items():
+            if name in text and text[name] != value:
                 raise TextEncoderFileError(
-                    f"{path}: config.json says {field}={text[field]} but the weights have {value}"
+                    f"{path}: config.json says {name}={text[name]} but the weights have {value}"
                 )
         text.update({k: v for k, v in shapes.items() if k not in text})
     else:
