@@ -27,7 +27,7 @@ def test_preset_sigmas_match_diffusers(preset, size):
     assert ours.dtype == torch.float32 and ours.shape == (p.steps + 1,)
     diff = (ours - expected).abs().max().item()
     print(f"{preset} {size}: max |diff| = {diff:.1e}")
-    assert diff <= 1e-6
+    assert torch.equal(ours, expected), "the README claims the schedule is bit-exact with diffusers"
 
 
 def test_spec_worked_values():
