@@ -116,7 +116,8 @@ class Ideogram4CaptionBuilder(io.ComfyNode):
             ],
             outputs=[
                 io.String.Output("caption", display_name="caption",
-                                 tooltip="Compact canonical JSON caption, verified in repair mode."),
+                                 tooltip="The JSON caption, verified in repair mode: compact when built from the "
+                                 "fields and layout; an imported caption that needs no repair, as written."),
                 io.Image.Output("layout_preview", display_name="layout_preview",
                                 tooltip="The boxes and palettes at the target aspect ratio."),
             ],

@@ -9,7 +9,7 @@ import comfy.model_management
 
 from ..ideogram4_core.captions.issues import CaptionError
 from ..ideogram4_core.captions.parse import refuse_unbounded
-from ..ideogram4_core.captions.verify import verify_caption
+from ..ideogram4_core.captions.verify import CAPTION_FORMATS, DEFAULT_CAPTION_FORMAT, verify_caption
 from ..ideogram4_core.memory import text_encoder_inference_bytes
 from . import faults
 from .files import check_choice, first_problem
@@ -18,6 +18,7 @@ from .oom import oom_guard
 
 CAPTION_CHECKS = ["repair", "strict", "warn"]
 PLAIN_TEXT = ["wrap", "pass"]
+FORMATS = list(CAPTION_FORMATS)
 
 
 def unload(patcher) -> None:
@@ -47,6 +48,11 @@ class Ideogram4TextEncode(io.ComfyNode):
                 io.Combo.Input("plain_text", options=PLAIN_TEXT, default="wrap",
                                tooltip="A caption that is not JSON: wrap it as the high_level_description of a "
                                "minimal caption (the model only saw JSON), or pass it through unchanged."),
+                io.Combo.Input("caption_format", options=FORMATS, default=DEFAULT_CAPTION_FORMAT, optional=True,
+                               tooltip="as_written: a caption that needs no repair is encoded exactly as typed, as "
+                               "diffusers and the official pipeline do; only a repaired caption is re-serialised "
+                               "(reported). compact: always re-serialise to compact one-line JSON (another input "
+                               "to the model, so another image)."),
             ],
             outputs=[
                 io.Conditioning.Output("conditioning", display_name="conditioning"),
@@ -56,14 +62,16 @@ class Ideogram4TextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, caption_check, plain_text, caption=None):
+    def validate_inputs(cls, caption_check, plain_text, caption=None, caption_format=DEFAULT_CAPTION_FORMAT):
         return first_problem(check_choice("caption_check", caption_check, CAPTION_CHECKS),
                              check_choice("plain_text", plain_text, PLAIN_TEXT),
+                             check_choice("caption_format", caption_format, FORMATS),
                              _caption_bounds(caption))
 
     @classmethod
-    def execute(cls, text_encoder, caption, caption_check, plain_text) -> io.NodeOutput:
-        result = verify_caption(caption, mode=caption_check, plain_text=plain_text)
+    def execute(cls, text_encoder, caption, caption_check, plain_text,
+                caption_format=DEFAULT_CAPTION_FORMAT) -> io.NodeOutput:
+        result = verify_caption(caption, mode=caption_check, plain_text=plain_text, caption_format=caption_format)
         report = result.report() or "caption OK"
         if result.issues:
             print(f"[Ideogram 4] caption check:\n{report}")

@@ -52,11 +52,12 @@ def test_prompting_guide_examples_pass_unchanged(name, mode):
     assert result.data == GUIDE[name]
 
 
-def test_canonical_output_matches_the_official_serialisation():
+def test_compact_format_matches_the_official_serialisation():
     pretty = json.dumps(GUIDE["full_example_f1"], indent=2)  # ensure_ascii=True: \u2122, \u00a9
-    result = verify_caption(pretty, mode="strict")
+    result = verify_caption(pretty, mode="strict", caption_format="compact")
     assert result.caption == json.dumps(GUIDE["full_example_f1"], separators=(",", ":"), ensure_ascii=False)
     assert "™" in result.caption and "\\u2122" not in result.caption
+    assert "compact" in result.report()
 
 
 def _template_captions(template: str) -> list[str]:
@@ -102,7 +103,12 @@ def test_captions_from_other_tools(name):
     repaired = verify_caption(case["input"], mode="repair")
     assert repaired.ok and json.loads(repaired.caption) == repaired.data
     if case["expect"] == "valid":
-        assert verify_caption(case["input"], mode="strict").caption == repaired.caption
+        given = case["input"] if isinstance(case["input"], str) else compact(case["input"])
+        assert verify_caption(case["input"], mode="strict").caption == given  # encoded as written
+        # Repair mode changes a valid caption only to write \uXXXX escapes literally, and says so.
+        escaped = any("\\uXXXX" in i.message for i in repaired.issues)
+        assert (repaired.caption == given) is not escaped
+        assert ("encoded, not the text as written" in repaired.report()) is escaped
     else:
         assert set(blocking_paths(refused(case["input"], mode="strict"))) == set(case["repairs"])
         fixed = {i.path for i in repaired.issues if i.repaired and i.severity == "error"}
@@ -211,10 +217,85 @@ def test_normalised_0_1_bbox_gets_a_scaling_hint():
     assert any("multiply by 1000" in i.fix for i in issues)
 
 
-@pytest.mark.parametrize("bad_mode", [dict(mode="fix"), dict(plain_text="drop")])
+@pytest.mark.parametrize("bad_mode", [dict(mode="fix"), dict(plain_text="drop"), dict(caption_format="pretty")])
 def test_unknown_options_are_rejected(bad_mode):
     with pytest.raises(ValueError):
         verify_caption("{}", **bad_mode)
+
+
+# --- what reaches the text encoder (caption_format) ---------------------------------------------
+
+PRETTY = "\n" + json.dumps(GUIDE["full_example_f1"], indent=4, ensure_ascii=False) + "\n\n"  # as people type it
+REWRITTEN = "encoded, not the text as written"
+
+
+@pytest.mark.parametrize("mode", ["strict", "repair", "warn"])
+def test_a_valid_pretty_printed_caption_is_encoded_byte_for_byte(mode):
+    result = verify_caption(PRETTY, mode=mode)
+    assert result.caption == PRETTY  # whitespace, newlines and all: what both references tokenize
+    assert result.caption.encode("utf-8") == PRETTY.encode("utf-8")
+    assert result.issues == [] and result.report() == "no issues"
+    assert result.data == GUIDE["full_example_f1"]
+
+
+def test_a_repaired_pretty_caption_is_re_serialised_and_reported():
+    broken = copy.deepcopy(GUIDE["full_example_f1"])
+    box = broken["compositional_deconstruction"]["elements"][-1]["bbox"]
+    box[0], box[2] = box[2], box[0]  # y_min > y_max
+    broken = {"aspect_ratio": "1:1", **broken}
+    result = verify_caption(json.dumps(broken, indent=2, ensure_ascii=False), mode="repair")
+    assert result.caption == compact(GUIDE["full_example_f1"])
+    report = result.report()
+    assert "aspect_ratio" in report and "> y_max" in report and REWRITTEN in report
+    note = next(i for i in result.issues if REWRITTEN in i.message)
+    assert note.severity == "info" and note.repaired and not note.blocking
+
+
+@pytest.mark.parametrize("text, repair", [
+    ("```json\n" + PRETTY + "```", "fence"),
+    (PRETTY.replace("\n        ]\n    }\n}", "\n        ],\n    }\n}"), "trailing comma"),
+])
+def test_text_level_repairs_also_re_serialise(text, repair):
+    assert text != PRETTY
+    result = verify_caption(text, mode="repair")
+    assert result.caption == compact(GUIDE["full_example_f1"])
+    assert repair in result.report() and REWRITTEN in result.report()
+
+
+def test_compact_is_an_explicit_choice_and_says_what_it_changed():
+    result = verify_caption(PRETTY, mode="repair", caption_format="compact")
+    assert result.caption == compact(GUIDE["full_example_f1"])
+    (note,) = result.issues
+    assert note.severity == "info" and "compact" in note.fix
+    assert verify_caption(result.caption, mode="repair", caption_format="compact").issues == []
+
+
+def test_warn_mode_keeps_the_text_even_when_compact_is_asked_for():
+    result = verify_caption(PRETTY, mode="warn", caption_format="compact")
+    assert result.caption == PRETTY
+    assert [i.severity for i in result.issues] == ["info"] and "warn mode" in result.issues[0].message
+
+
+def test_escapes_are_kept_by_strict_and_fixed_by_repair():
+    escaped = json.dumps(GUIDE["full_example_f1"], indent=2)  # ensure_ascii=True: \u2122, \u00a9
+    strict = verify_caption(escaped, mode="strict")
+    assert strict.caption == escaped
+    (warning,) = strict.issues
+    assert warning.severity == "warning" and not warning.repaired
+    repaired = verify_caption(escaped, mode="repair")
+    assert repaired.caption == compact(GUIDE["full_example_f1"]) and REWRITTEN in repaired.report()
+
+
+@pytest.mark.parametrize("mode", ["strict", "repair"])
+def test_a_byte_order_mark_is_dropped_without_re_serialising(mode):
+    result = verify_caption("\ufeff" + PRETTY, mode=mode)
+    assert result.caption == PRETTY
+    (bom,) = result.issues
+    assert bom.repaired and "byte-order mark" in bom.message
+
+
+def test_a_caption_dict_is_serialised_compactly():
+    assert verify_caption(GUIDE["full_example_f1"], mode="repair").caption == compact(GUIDE["full_example_f1"])
 
 
 # --- plain text -------------------------------------------------------------------------------

@@ -145,3 +145,20 @@ def test_count_matches_tokenize():
 def test_folder_without_tokenizer_files_is_refused(tmp_path):
     with pytest.raises(TokenizerFilesError, match="no tokenizer"):
         load_tokenizer_folder(tmp_path)
+
+
+def test_a_valid_pretty_printed_caption_reaches_the_tokenizer_as_written(reference):
+    """verify_caption's default hands the encoder the user's own text, so our ids are the ones
+    diffusers computes from that same string, not those of its compact re-serialisation."""
+    from ideogram4_core.captions.build import serialize_caption
+    from ideogram4_core.captions.verify import verify_caption
+
+    caption = {"high_level_description": "A café sign that reads \"OPEN\".",
+               "compositional_deconstruction": {"background": "a brick wall", "elements": [
+                   {"type": "text", "bbox": [100, 200, 300, 800], "text": "OPEN", "desc": "red neon"}]}}
+    pretty = json.dumps(caption, indent=2, ensure_ascii=False) + "\n"
+    encoded = verify_caption(pretty).caption  # the Text Encode node's defaults: repair, as_written
+    assert encoded == pretty
+    ids = bundled_tokenizer().frame(encoded)
+    assert ids == reference_framed_ids(reference[1], pretty)
+    assert ids != bundled_tokenizer().frame(serialize_caption(caption))  # the compact form is another input

@@ -41,6 +41,7 @@ class ParsedText:
     plain_text: str | None = None  # set when the input is prose, not JSON
     issues: list[Issue] = field(default_factory=list)
     parsed: bool = False
+    bom: Issue | None = None  # set (and also in `issues`) when the text began with a byte-order mark
 
 
 def refuse_oversized(text: str) -> None:
@@ -147,7 +148,8 @@ def parse_caption_text(text: str) -> ParsedText:
     result = ParsedText()
     if text.startswith("\ufeff"):
         text = " " + text[1:]  # keep offsets; a BOM is not JSON whitespace
-        result.issues.append(Issue("$", "text starts with a byte-order mark.", "remove it (done automatically).", severity="info"))
+        result.bom = Issue("$", "text starts with a byte-order mark.", "remove it (done automatically).", severity="info")
+        result.issues.append(result.bom)
     start, end, fence_issues = _strip_fences(text)
     result.issues += fence_issues
     body = text[start:end]

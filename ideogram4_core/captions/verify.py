@@ -1,17 +1,29 @@
 """Verify a caption before it reaches the model: the entry point a caption node calls.
 
-    result = verify_caption(text_or_dict, mode="repair", plain_text="wrap")
+    result = verify_caption(text_or_dict, mode="repair", plain_text="wrap", caption_format="as_written")
     result.caption   # the text to encode
     result.issues    # every problem: path, message, fix, severity, repaired
     format_issues(result.issues)
 
 Modes:
 - "strict": refuse (raise CaptionError listing every problem) unless the caption already follows
-  the schema. The accepted caption is re-serialised compactly, which changes whitespace only.
+  the schema.
 - "repair" (default): apply only safe repairs (key order, uppercase hex, bbox clamping and
   min/max swaps, integral floats, dropping keys the model never saw such as `aspect_ratio`,
   markdown fences, trailing commas), report each one, then refuse whatever is still wrong.
 - "warn": never refuse; report everything and pass the text through exactly as given.
+
+What reaches the text encoder is set by `caption_format`:
+- "as_written" (default): a caption that needs no repair is encoded byte for byte as given. Both
+  references do this: diffusers tokenizes the string it is handed, and the official pipeline
+  verifies the string, then tokenizes that same string. Pretty-printed and compact JSON are
+  different token sequences, hence different images, so re-serialising a valid caption would
+  leave both references. Only when repair mode changed something is the repaired caption
+  re-serialised (compactly), and a report line says so. A leading byte-order mark, which is not
+  JSON, is dropped without re-serialising.
+- "compact": always re-serialise to the compact canonical form (`serialize_caption`), the form
+  the official magic prompt emits and its prompting guide asks for. An explicit choice only.
+Warn mode never changes the text, whatever `caption_format` says (the report notes it).
 
 Captions over 256 KB, JSON nested too deeply, and objects that are not JSON are refused in every
 mode: there is no caption to pass on.
@@ -39,8 +51,10 @@ from .repair import repair_caption
 
 MODES = ("strict", "repair", "warn")
 PLAIN_TEXT_CHOICES = ("wrap", "pass")
+CAPTION_FORMATS = ("as_written", "compact")
 DEFAULT_MODE = "repair"
 DEFAULT_PLAIN_TEXT = "wrap"
+DEFAULT_CAPTION_FORMAT = "as_written"
 
 _PLAIN_TEXT_WHY = ("Ideogram 4 was trained only on JSON captions; plain text gives weaker images and more "
                    "safety-filter false positives.")
@@ -81,13 +95,42 @@ def _dedupe(issues: list[Issue]) -> list[Issue]:
     return out
 
 
-def verify_caption(caption: str | Mapping, mode: str = DEFAULT_MODE,
-                   plain_text: str = DEFAULT_PLAIN_TEXT) -> CaptionResult:
+def _warn_format_note(raw: str, obj: Any, parsed, caption_format: str) -> list[Issue]:
+    # warn mode never changes the text; say so rather than ignore an explicit "compact".
+    if caption_format != "compact" or not parsed.parsed or serialize_caption(obj) == raw.strip():
+        return []
+    return [Issue("$", "caption_format 'compact' does not apply in warn mode, which passes the text as written.",
+                  "use caption_check 'repair' or 'strict' to have it re-serialised compactly.", severity="info")]
+
+
+def _encoded_text(raw: str, obj: Any, parsed, needs_rewrite: bool, caption_format: str) -> tuple[str, list[Issue]]:
+    """The text for the text encoder, plus a report line when it is not the caption as written."""
+    if parsed.plain_text is not None:  # wrapped: there is no JSON text as written
+        return serialize_caption(obj), []
+    if caption_format == "compact":
+        text = serialize_caption(obj)
+        if text == raw.strip():
+            return text, []
+        return text, [Issue("$", "caption was not in compact canonical form (whitespace, escapes or repairs).",
+                            "re-serialised with ensure_ascii=False and separators (',', ':'), as "
+                            "caption_format 'compact' asks.", severity="info", repaired=True)]
+    if not needs_rewrite:
+        return (raw[1:] if parsed.bom else raw), []  # byte for byte, less a BOM (not JSON)
+    return serialize_caption(obj), [Issue(
+        "$", "repairs changed the caption, so the repaired caption is encoded, not the text as written.",
+        "re-serialised it compactly (ensure_ascii=False, separators (',', ':')); apply the repairs at the "
+        "source to have your own text encoded as written.", severity="info", repaired=True)]
+
+
+def verify_caption(caption: str | Mapping, mode: str = DEFAULT_MODE, plain_text: str = DEFAULT_PLAIN_TEXT,
+                   caption_format: str = DEFAULT_CAPTION_FORMAT) -> CaptionResult:
     """Check (and in repair mode fix) a caption. Raises CaptionError when refusing it."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if plain_text not in PLAIN_TEXT_CHOICES:
         raise ValueError(f"plain_text must be one of {PLAIN_TEXT_CHOICES}, got {plain_text!r}")
+    if caption_format not in CAPTION_FORMATS:
+        raise ValueError(f"caption_format must be one of {CAPTION_FORMATS}, got {caption_format!r}")
     if isinstance(caption, Mapping):
         raw = _mapping_text(caption)
     elif isinstance(caption, str):
@@ -113,9 +156,16 @@ def verify_caption(caption: str | Mapping, mode: str = DEFAULT_MODE,
             return CaptionResult(raw, issues)
         raise CaptionError(issues)
 
-    # Non-error text issues (BOM, \uXXXX escapes) vanish when strict/repair re-serialise.
-    if mode != "warn":
-        issues = [i.as_repaired() if mode == "repair" or i.severity != "error" else i for i in issues]
+    # Which findings does the encoded text fix? Repair mode fixes every text-level one (fences,
+    # trailing commas, BOM, \uXXXX escapes); strict mode drops a BOM, which is not JSON, and fixes
+    # the other non-error ones (the escapes) only by a compact re-serialisation.
+    text_fixes = [i for i in parsed.issues if i is not parsed.bom]
+    if mode == "repair":
+        issues = [i.as_repaired() for i in issues]
+    elif mode == "strict":
+        issues = [i.as_repaired() if i is parsed.bom or (caption_format == "compact" and i.severity != "error")
+                  else i for i in issues]
+    repairs: list[Issue] = []
     if mode == "repair":
         duplicates = encoding_issues(obj)  # repair rebuilds dicts, which forgets duplicate keys
         obj, repairs = repair_caption(obj)
@@ -124,12 +174,10 @@ def verify_caption(caption: str | Mapping, mode: str = DEFAULT_MODE,
 
     data = obj if isinstance(obj, dict) else None
     if mode == "warn":  # pass through; only an explicit plain_text="wrap" changes the text
+        issues += _warn_format_note(raw, obj, parsed, caption_format)
         return CaptionResult(raw if parsed.plain_text is None else serialize_caption(obj), issues, data)
     if any(issue.blocking for issue in issues):
         raise CaptionError(issues)
-    text = serialize_caption(obj)
-    if parsed.plain_text is None and text != raw.strip():
-        issues.append(Issue("$", "caption was not in compact canonical form (whitespace, escapes or repairs).",
-                            "re-serialised with ensure_ascii=False and separators (',', ':'), "
-                            "as the official pipeline does.", severity="info", repaired=True))
-    return CaptionResult(text, issues, data)
+    needs_rewrite = mode == "repair" and bool(repairs or text_fixes)
+    text, notes = _encoded_text(raw, obj, parsed, needs_rewrite, caption_format)
+    return CaptionResult(text, issues + notes, data)
