@@ -130,7 +130,7 @@ class Ideogram4Sampler(io.ComfyNode):
             previewer = latent_preview.prepare_callback(model, plan.steps)
 
             def on_step(step):
-                faults.fault_point("step")  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
+                faults.fault_point("step", step.index + 1)  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
                 x0 = tokens_to_comfy(step.denoised, grid_h, grid_w)
                 previewer(step.index, x0, tokens_to_comfy(step.latents, grid_h, grid_w), step.total)  # checks Cancel
 

@@ -34,8 +34,9 @@ class TinyModels:
 
 def full_size_flux2_vae(seed: int = 0):
     """ComfyUI's VAELoader only builds the real Flux.2 architecture (128-512 channels), so the VAE is
-    full size (84M parameters) with random weights, and its batch-norm buffers hold the official
-    latent constants in token order so diffusers' decode equals the official one (DESIGN §5)."""
+    full size (84M parameters) with random weights. This one is the oracle's: its batch-norm buffers
+    hold the official latent constants in token order so diffusers' decode equals the official one
+    (DESIGN §5). The file the server reads carries other statistics (`_unofficial_bn`)."""
     from diffusers import AutoencoderKLFlux2
 
     vae = AutoencoderKLFlux2()
@@ -67,11 +68,21 @@ def write_tiny_models(models_dir: Path, work_dir: Path) -> TinyModels:
     write_hf_folder(text_encoder, models_dir / "text_encoders" / TEXT_ENCODER_FOLDER)
 
     vae = full_size_flux2_vae(seed=24)
-    bfl = convert_diffusers_state_dict(vae.state_dict())
+    bfl = _unofficial_bn(convert_diffusers_state_dict(vae.state_dict()))
     save_file({k: v.contiguous() for k, v in bfl.items()}, str(models_dir / "vae" / VAE_FILE))
 
     tokenizer_dir = reference_tokenizer_folder(work_dir / "reference_tokenizer")
     return TinyModels(cond, uncond, text_encoder, vae, tokenizer_dir)
+
+
+def _unofficial_bn(state: dict) -> dict:
+    """The server's VAE file gets bn statistics off the official constants on every channel (mean by
+    0.1 or more, std 10 % larger, like the stock Flux.2 file of spec §E.2): our decode must use the
+    constants, so its pixels still equal the oracle's, and a decode that read the file's bn fails."""
+    gen = torch.Generator().manual_seed(25)
+    mean = torch.tensor(LATENT_SHIFT) - 0.1 - 0.05 * torch.rand(128, generator=gen)
+    std = torch.tensor(LATENT_SCALE) * 1.1
+    return dict(state, **{"bn.running_mean": mean, "bn.running_var": std**2 - 1e-4})
 
 
 def oracle_pipeline(models: TinyModels):

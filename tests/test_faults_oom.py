@@ -1,11 +1,12 @@
 """Issue 8, faults: out of memory while loading, encoding, sampling and decoding, on a real ComfyUI
 server started for this test with the pack's test-only fault hook (nodes/faults.py):
 
-    IDEOGRAM4_TEST_FAULT=oom_in_load,oom_in_encode,oom_in_step:3,oom_in_decode:2
+    IDEOGRAM4_TEST_FAULT=oom_in_load,cpu_oom_in_encode,oom_in_step:3,oom_in_decode:2
 
-Each stage raises `torch.OutOfMemoryError` once, from inside the real work (after the weights were
-read; after the encoder ran; after step 3's model calls; as the decoder's full-resolution level
-starts, with its largest activations alive). The test checks the message (stage, what to change),
+Each stage fails once, from inside the real work (after the weights were read; after the encoder
+ran; after step 3's model calls; as the decoder's full-resolution level starts, with its largest
+activations alive): with `torch.OutOfMemoryError` (a GPU's), and for encoding with the CPU
+allocator's own failure, a plain RuntimeError that nodes/oom.py recognises by its message. The test checks the message (stage, what to change),
 that the server's resident memory returns to its level before the failed run, and that the next
 prompt succeeds with exactly the result the shared server gives for the same seed.
 """
@@ -23,7 +24,7 @@ from PIL import Image
 from comfy_host import ComfyHost
 from reliability_helpers import execution_error, image_prompt, latent_prompt, link_tiny_models, read_latent, saved
 
-FAULTS = "oom_in_load,oom_in_encode,oom_in_step:3,oom_in_decode:2"
+FAULTS = "oom_in_load,cpu_oom_in_encode,oom_in_step:3,oom_in_decode:2"
 MiB = 2**20
 # Released means back near the level before: allow allocator slack, far below what a failed decode
 # held (its full-resolution activation alone is 256x256 px x 256 channels x 4 bytes = 64 MiB).
@@ -47,8 +48,10 @@ def _faults_module():
 
 def test_fault_spec_parsing_and_one_shot(monkeypatch):
     faults = _faults_module()
-    assert faults.parse("oom_in_step:3, oom_in_decode") == {"step": 3, "decode": 1}
-    for bad in ("oom_in_steps:3", "crash_in_step", "oom_in_step:x"):
+    F = faults.Fault
+    assert faults.parse("oom_in_step:3, oom_in_decode, cpu_oom_in_encode, await_cancel_in_step:2") == [
+        F("oom", "step", 3), F("oom", "decode", None), F("cpu_oom", "encode", None), F("await_cancel", "step", 2)]
+    for bad in ("oom_in_steps:3", "crash_in_step", "oom_in_step:x", "await_cancel_step"):
         with pytest.raises(ValueError, match="IDEOGRAM4_TEST_FAULT"):
             faults.parse(bad)
     monkeypatch.delenv(faults.ENV, raising=False)
@@ -60,15 +63,22 @@ def test_fault_spec_parsing_and_one_shot(monkeypatch):
 
     faults = _faults_module()
     monkeypatch.setenv(faults.ENV, "oom_in_step:3,oom_in_decode")
-    faults.fault_point("step"), faults.fault_point("step")
+    faults.fault_point("step", 1), faults.fault_point("step", 2)
     with pytest.raises(torch.OutOfMemoryError, match="injected"):
-        faults.fault_point("step")
-    faults.fault_point("step")  # spent
+        faults.fault_point("step", 3)
+    faults.fault_point("step", 3)  # spent
     with pytest.raises(torch.OutOfMemoryError):
         with faults.fault_before(module, "decode"):
             module(torch.zeros(1, 2))
     assert not module._forward_pre_hooks  # removed again
     module(torch.zeros(1, 2))
+
+    faults = _faults_module()
+    monkeypatch.setenv(faults.ENV, "cpu_oom_in_encode")
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator: can't allocate memory") as failure:
+        faults.fault_point("encode")
+    assert type(failure.value) is RuntimeError  # the allocator's plain RuntimeError, not an OOM type
+    faults.fault_point("encode")  # spent
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +104,9 @@ def _check_message(error: dict) -> str:
     message = error["exception_message"]
     stage = _stage(message)
     assert error["exception_type"].endswith("Ideogram4OutOfMemoryError"), error["exception_type"]
-    assert "injected out-of-memory error" in message  # the cause is kept in the message
+    # The cause is kept in the message: the injected GPU error, or the CPU allocator's own words.
+    cause = "DefaultCPUAllocator: can't allocate memory" if stage == "encoding" else "injected out-of-memory error"
+    assert cause in message, message
     for fix in EXPECTED[stage]:
         assert fix in message, (fix, message)
     assert "released" in message

@@ -136,11 +136,17 @@ def test_absolute_path_of_a_real_model_is_refused(server):
     assert "absolute path" in text, text
 
 
-@pytest.mark.parametrize("value", ["../" + TEXT_ENCODER_FOLDER, "/" + TEXT_ENCODER_FOLDER + "/", 7, ["x"]])
-def test_bad_text_encoder_names_are_refused_when_queued(server, value):
+@pytest.mark.parametrize("value,expected", [
+    ("../" + TEXT_ENCODER_FOLDER, ["custom_validation_failed", "refused model name", "without '..' or an absolute path"]),
+    ("/" + TEXT_ENCODER_FOLDER + "/", ["custom_validation_failed", "refused model name", "absolute path"]),
+    (7, ["custom_validation_failed", "must be a model name (text) picked from the list, got int 7"]),
+    (["x"], ["bad_linked_input"]),  # a list is a link for ComfyUI, which refuses it itself
+], ids=["dotdot", "absolute", "int", "list"])
+def test_bad_text_encoder_names_are_refused_when_queued(server, value, expected):
     host, _ = server
-    errors = refused(host, te_prompt(value))
-    assert "2" in errors, errors
+    text = error_texts(refused(host, te_prompt(value)), "2")
+    for fragment in expected:
+        assert fragment in text, (fragment, text)
 
 
 @pytest.mark.parametrize("value,kind", [

@@ -17,7 +17,9 @@ import time
 
 import pytest
 
-from reliability_helpers import error_texts, latent_prompt, refused, run_error
+import torch
+
+from reliability_helpers import error_texts, latent_prompt, read_latent, refused, run_error
 
 CUSTOM_SIZE = "custom (width x height below)"
 
@@ -111,10 +113,19 @@ def test_rules_across_inputs_are_checked_when_the_node_runs(tiny_server, changes
 
 
 def test_float_seed_is_truncated_by_comfyui(tiny_server):
-    """A fact of ComfyUI, documented in docs/security.md: INT widgets go through int(), so 3.7 is 3."""
+    """A fact of ComfyUI, documented in docs/security.md: INT widgets go through int(), so 3.7 is 3
+    (truncated, not rounded to 4): the latent equals seed 3's and differs from seed 4's."""
     host, _ = tiny_server
-    entry = host.run(prompt_with({"5": {"seed": 3.7}}, seed=0), timeout=300)
-    assert entry["status"]["status_str"] == "success"
+
+    def latent(seed):
+        prompt = prompt_with({"5": {"seed": seed, "preset": "Custom", "steps": 2, "polish_steps": 1}})
+        prompt["9"]["inputs"]["filename_prefix"] = f"float_seed_{seed}"
+        entry = host.run(prompt, timeout=300)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        return read_latent(host, entry)
+
+    truncated, three, four = latent(3.7), latent(3), latent(4)
+    assert torch.equal(truncated, three) and not torch.equal(truncated, four)
 
 
 def nested(depth: int) -> dict:

@@ -91,30 +91,6 @@ def test_same_seed_same_latent_other_seed_other_latent(tiny_server):
     assert (first - other).abs().mean() > 0.1
 
 
-def test_cancel_mid_sampling_stops_within_one_step_then_next_prompt_succeeds(tiny_server):
-    host, _ = tiny_server
-    slow = tiny_prompt(seed=5, preset="Quality 48", size=(512, 512), prefix="cancelled")
-    steps_after_cancel = None
-    with host.websocket() as ws:
-        prompt_id = host.post_prompt(slow)
-        for kind, msg in ws.messages(until_prompt_done=prompt_id, timeout=300):
-            if kind != "json" or msg.get("type") != "progress" or msg["data"].get("node") != "5":
-                continue
-            if steps_after_cancel is None and msg["data"]["value"] >= 2:  # sampling is under way
-                host.interrupt()  # what the Cancel button sends
-                steps_after_cancel = 0
-            elif steps_after_cancel is not None:
-                steps_after_cancel += 1
-    entry = host.wait_for(prompt_id, timeout=60)
-    messages = [m[0] for m in entry["status"].get("messages", [])]
-    assert entry["status"]["status_str"] == "error" and "execution_interrupted" in messages, messages
-    # The flag is checked at every step's progress update, so at most the step in flight finishes.
-    assert steps_after_cancel is not None and steps_after_cancel <= 1, steps_after_cancel
-    assert not host.output_files(entry), "a cancelled run must not save an image"
-    after = run_image(host, tiny_prompt(seed=6, prefix="after_cancel"))
-    assert after.shape == (SIZE[1], SIZE[0], 3)
-
-
 def test_native_ksampler_drives_our_model(tiny_server):
     """Interop: ComfyUI's own KSampler (cond-only, cfg 1) samples with our MODEL and CONDITIONING,
     and our decode node turns its latent into an image."""

@@ -3,8 +3,10 @@
 and the errors a wrong file gets.
 
 The oracle is a tiny random `AutoencoderKLFlux2` (4 levels of 16/16/32/32 channels, 1 encoder and
-2 decoder res blocks per level, 4 GroupNorm groups) whose `bn` buffers hold the official constants
-in token order (DESIGN §5): then diffusers' bn de-normalisation equals ours with the constants.
+2 decoder res blocks per level, 4 GroupNorm groups). Its `bn` buffers, and so the files written from
+it, hold statistics that differ from the official constants (like the stock Flux.2 ones of spec
+§E.2), because we claim to decode with the constants and never with the file's `bn`: the expected
+pixels are built here from the constants, by hand, and then run through the oracle's decoder.
 """
 
 import pytest
@@ -28,17 +30,38 @@ BN_EPS = 1e-4  # diffusers' batch_norm_eps default, also BFL's BatchNorm2d eps
 FP32_ATOL = 1e-5
 
 
-def official_bn(vae) -> None:
+SHIFT, SCALE = torch.tensor(LATENT_SHIFT), torch.tensor(LATENT_SCALE)  # (128,) token order (p_row, p_col, c)
+
+
+def test_official_constants_are_the_spec_values():
+    """Spot values of spec §E.2, so the constants the expectations use are checked on their own."""
+    assert SHIFT.shape == SCALE.shape == (128,)
+    assert SHIFT[0].item() == pytest.approx(0.01984364, abs=1e-8)
+    assert SHIFT[32].item() == pytest.approx(0.02583857, abs=1e-8)
+    assert SCALE.min().item() == pytest.approx(1.5308, abs=1e-4) and SCALE.max().item() == pytest.approx(1.9407, abs=1e-4)
+
+
+def flux2_like_bn(vae) -> None:
+    """bn statistics off the constants on every channel (mean by 0.1 or more, std 8-12 % larger),
+    the kind of gap spec §E.2 reports between stock Flux.2 statistics and Ideogram's."""
+    gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        vae.bn.running_mean.copy_(torch.tensor(LATENT_SHIFT))
-        vae.bn.running_var.copy_(torch.tensor(LATENT_SCALE) ** 2 - BN_EPS)
+        vae.bn.running_mean.copy_(SHIFT - 0.1 - 0.05 * torch.rand(128, generator=gen))
+        std = SCALE * (1.08 + 0.04 * torch.rand(128, generator=gen))
+        vae.bn.running_var.copy_(std**2 - BN_EPS)
+
+
+def official_bn_state(state: dict) -> dict:
+    """A BFL-named state dict whose `bn` holds the official constants in token order."""
+    return dict(state, **{"bn.running_mean": SHIFT.clone(), "bn.running_var": SCALE**2 - BN_EPS})
 
 
 @pytest.fixture(scope="module")
 def oracle():
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKLFlux2(**TINY).eval()
-    official_bn(vae)
+    flux2_like_bn(vae)
+    assert (vae.bn.running_mean - SHIFT).abs().min() > 0.09  # every channel differs from the constants
     return vae
 
 
@@ -60,11 +83,11 @@ def random_tokens(batch, grid_h, grid_w, seed=1):
     return torch.randn(batch, grid_h * grid_w, 128, generator=torch.Generator().manual_seed(seed))
 
 
-def pipeline_decode(oracle, tokens, grid_h, grid_w):
-    """Ideogram4Pipeline step 9: z·sqrt(bn var + eps) + bn mean on tokens, unpatchify, decode, postprocess."""
+def reference_decode(oracle, tokens, grid_h, grid_w, mean=SHIFT, std=SCALE):
+    """The official decode (spec §E.2): z·LATENT_SCALE + LATENT_SHIFT on tokens, unpatchify, the
+    oracle's decoder, then diffusers' postprocess. `mean`/`std` let a test decode with other statistics."""
     with torch.no_grad():
-        std = torch.sqrt(oracle.bn.running_var + oracle.config.batch_norm_eps).view(1, 1, -1)
-        z = tokens * std + oracle.bn.running_mean.view(1, 1, -1)
+        z = tokens * std.view(1, 1, -1) + mean.view(1, 1, -1)
         b = z.shape[0]
         z = z.view(b, grid_h, grid_w, 2, 2, 32).permute(0, 5, 1, 3, 2, 4).reshape(b, 32, 2 * grid_h, 2 * grid_w)
         decoded = oracle.decode(z, return_dict=False)[0]
@@ -117,15 +140,20 @@ def test_both_namings_and_layout_variants_load_the_same_weights(files, vae, orac
 # --- decode / encode parity ----------------------------------------------------------------------
 
 
-def test_decode_matches_diffusers_pipeline(vae, oracle):
+def test_decode_uses_the_official_constants_not_the_file_bn(vae, oracle):
     grid_h, grid_w = 6, 10  # non-square: catches a swapped unpatchify
     tokens = random_tokens(2, grid_h, grid_w)
     ours = decode_tokens(vae, tokens, grid_h, grid_w)
-    reference = pipeline_decode(oracle, tokens, grid_h, grid_w)
+    reference = reference_decode(oracle, tokens, grid_h, grid_w)
     assert ours.shape == (2, 96, 160, 3) and ours.dtype == torch.float32
     assert 0.0 <= ours.min() and ours.max() <= 1.0
     assert ((reference == 0) | (reference == 1)).float().mean() < 0.05  # not a comparison of clamped values
     assert (ours - reference).abs().max().item() < FP32_ATOL
+    # Decoding with the file's bn (as diffusers' pipeline would) gives visibly other pixels, so the
+    # comparison above would catch a decode that read the file's statistics.
+    with_bn = reference_decode(oracle, tokens, grid_h, grid_w, oracle.bn.running_mean,
+                               torch.sqrt(oracle.bn.running_var + BN_EPS))
+    assert (ours - with_bn).abs().max().item() > 100 * FP32_ATOL
 
 
 def test_encode_matches_diffusers(vae, oracle):
@@ -134,7 +162,7 @@ def test_encode_matches_diffusers(vae, oracle):
     with torch.no_grad():
         mean = oracle.encode(images.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mean  # (2, 32, 12, 20)
         raw = mean.view(2, 32, 6, 2, 10, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 60, 128)
-        reference = (raw - oracle.bn.running_mean) / torch.sqrt(oracle.bn.running_var + BN_EPS)
+        reference = (raw - SHIFT) / SCALE  # the constants, not the file's bn
     assert tokens.shape == (2, 60, 128)
     assert (tokens - reference).abs().max().item() < FP32_ATOL
 
@@ -196,7 +224,7 @@ def test_tiled_close_to_untiled(vae):
 
 
 def test_bn_report_finds_the_channel_order(oracle):
-    state = convert_diffusers_state_dict(oracle.state_dict())
+    state = official_bn_state(convert_diffusers_state_dict(oracle.state_dict()))
     assert compare_batch_norm(vae_from_state_dict(state, norm_groups=4)).matching_order() == "token"
     # The same numbers stored in Flux.2's (c, p_row, p_col) order, as ComfyUI would read them.
     flux2 = dict(state)

@@ -218,7 +218,21 @@ def dequantize_nf4(layer: nn.Module) -> torch.Tensor:
     data, state = layer.weight.data, layer.weight.quant_state
     if getattr(state, "packing_format_for_cpu", False):
         data, state = _unpacked_copy(bnb, data, state)
-    return bnb.functional.dequantize_4bit(data, state)
+    return _dequantize_flat(bnb, data, state)
+
+
+def _dequantize_flat(bnb, data: torch.Tensor, state) -> torch.Tensor:
+    """bitsandbytes' dequantize_4bit of `data`, right for every shape.
+
+    bitsandbytes 0.50.2's CPU kernel dequantises row by row and gets the block statistics wrong
+    when a row is not a whole number of blocks: for in_features 16, 32, 48, 96, 160, 208 (blocksize
+    64) a third to a half of the weights come out with another block's scale (tests/
+    test_quant_layers.py). Blocks run over the flattened weight, so dequantising it as one flat row
+    is right on every device; the released models' layers (multiples of 64) give the same numbers
+    either way."""
+    flat = copy.copy(state)  # a shallow copy: the layer's own state keeps its shape
+    flat.shape = torch.Size([state.shape.numel()])
+    return bnb.functional.dequantize_4bit(data, flat).view(state.shape)
 
 
 # bitsandbytes 0.50.2 runs NF4 on CPU in one of two ways. `Linear4bit.__init__` stores
@@ -294,7 +308,7 @@ def nf4_dequantized(
         absmax=to(state.absmax), shape=state.shape, code=to(state.code), blocksize=state.blocksize,
         quant_type=state.quant_type, dtype=state.dtype, offset=to(state.offset), state2=state2,
     )
-    return bnb.functional.dequantize_4bit(to(data), on_device).to(dtype)
+    return _dequantize_flat(bnb, to(data), on_device).to(dtype)
 
 
 def nf4_linear(
@@ -331,9 +345,31 @@ def dequantized_bytes(module: nn.Module, dtype: torch.dtype) -> int:
     return module.out_features * module.in_features * torch.empty((), dtype=dtype).element_size()
 
 
+_LINEAR4BIT: list[type] = []
+
+
+def _linear4bit_class(bnb) -> type:
+    """bitsandbytes' Linear4bit, except that on CPU a layer whose in_features is not a multiple of
+    the blocksize (it always takes the plain path, see keep_cpu_path_valid) dequantises with
+    `_dequantize_flat` and multiplies densely: bitsandbytes 0.50.2's CPU matmul reads such a layer
+    with the same wrong block statistics as its dequantize. Everything else is bitsandbytes' own."""
+    if not _LINEAR4BIT:
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            state = self.weight.quant_state
+            if x.device.type != "cpu" or state is None or state.shape[-1] % state.blocksize == 0:
+                return bnb.nn.Linear4bit.forward(self, x)
+            compute = self.compute_dtype or x.dtype
+            bias = None if self.bias is None else self.bias.to(compute)
+            return nf4_linear(x.to(compute), self.weight, bias).to(x.dtype)
+
+        _LINEAR4BIT.append(type("Linear4bit", (bnb.nn.Linear4bit,), {"forward": forward, "__module__": __name__,
+                                                                      "__doc__": _linear4bit_class.__doc__}))
+    return _LINEAR4BIT[0]
+
+
 def _empty_linear4bit(bnb, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype):
     with torch.device("meta"):
-        return bnb.nn.Linear4bit(
+        return _linear4bit_class(bnb)(
             in_features, out_features, bias=bias, compute_dtype=compute_dtype,
             compress_statistics=False, quant_type="nf4",
         )
