@@ -69,7 +69,7 @@ class ComfyDiT(torch.nn.Module):
             layout = conditional_layout([int(n) for n in lengths], grid_h, grid_w).to(x.device)
             # `context` covers the text rows only: the DiT never projects the all-zero image rows.
             v = self.dit(pack_image_tokens(tokens, layout), t, layout.indicator, layout.position_ids,
-                         context, layout.attention_mask)[:, layout.text_len :]
+                         context, layout.attention_mask, rows_from=layout.text_len)
         return tokens_to_comfy(-v.float(), grid_h, grid_w)
 
 

@@ -86,8 +86,8 @@ class GuidedVelocity:
         layout = self.cond_layout
         return self.model(
             pack_image_tokens(latents, layout), t, layout.indicator, attention_mask=layout.attention_mask,
-            rope=self.cond_rope, text_embedding=self.text_embedding,
-        )[:, layout.text_len :].float()
+            rope=self.cond_rope, text_embedding=self.text_embedding, rows_from=layout.text_len,
+        ).float()
 
     def unconditional(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.before_pass(self.unconditional_model)
