@@ -179,7 +179,7 @@ class ComfyHost:
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 180.0) -> "ComfyHost":
+    def start(self, timeout: float = 600.0) -> "ComfyHost":  # a hang guard, not a speed limit
         if self.proc is not None:
             return self
         env = dict(os.environ)

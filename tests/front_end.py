@@ -73,7 +73,12 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def open_app(page, url: str, ready: str = APP_READY, timeout_ms: int = 90_000) -> None:
+# Browser waits only guard against a hang: generous, never a speed limit (a loaded 2-core machine
+# can take minutes to boot a front end).
+HANG_GUARD_MS = 600_000
+
+
+def open_app(page, url: str, ready: str = APP_READY, timeout_ms: int = HANG_GUARD_MS) -> None:
     page.goto(url)
     page.wait_for_function(ready, timeout=timeout_ms)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import ComfyHost
-from front_end import NEWEST_FRONTEND, pick, pinned_frontend, serving
+from front_end import HANG_GUARD_MS, NEWEST_FRONTEND, pick, pinned_frontend, serving
 from front_end import open_app as open_page
 
 PINNED_FRONTEND = pinned_frontend()
@@ -83,7 +83,7 @@ def grid(value: float, origin: float, size: float) -> int:
     return min(1000, max(0, math.floor((value - origin) / size * 1000 + 0.5)))
 
 
-def wait_history(host: ComfyHost, known: set, timeout=60.0) -> dict:
+def wait_history(host: ComfyHost, known: set, timeout=HANG_GUARD_MS / 1000) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid, entry in host.get("/history").items():
@@ -165,8 +165,8 @@ def test_draw_pick_queue_reload(hosts, browser, version, mode):
         saved_layout = page.evaluate(LAYOUT, builder_id)
         saved_inputs = page.evaluate(PROMPT_INPUTS, builder_id)
         page.reload()
-        page.wait_for_function(OPEN_APP, timeout=90_000)
-        page.wait_for_function("(id) => !!app.graph.getNodeById(id)?.ideogram4Editor", arg=builder_id, timeout=30_000)
+        page.wait_for_function(OPEN_APP, timeout=HANG_GUARD_MS)
+        page.wait_for_function("(id) => !!app.graph.getNodeById(id)?.ideogram4Editor", arg=builder_id, timeout=HANG_GUARD_MS)
         assert page.evaluate(LAYOUT, builder_id) == saved_layout
         assert page.evaluate(PROMPT_INPUTS, builder_id) == saved_inputs
         shown = page.evaluate("""(id) => { const e = app.graph.getNodeById(id).ideogram4Editor;

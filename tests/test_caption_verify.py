@@ -3,7 +3,6 @@
 import copy
 import importlib.resources
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -413,10 +412,11 @@ def test_a_caption_just_under_the_limit_is_accepted():
 
 @pytest.mark.parametrize("text", ["[" * 200_000, '{"a":' * 50_000, "[" * 33 + "]" * 33])
 def test_deep_nesting_is_refused_quickly_without_recursion(text):
-    start = time.perf_counter()
+    """Refused by one linear scan before any parse: 200 000 levels would overflow any recursive
+    parser (Python's recursion limit is 1000), so reaching the message proves there is none. Speed
+    itself is not timed here (no wall-clock limits in tests)."""
     issues = refused(text, mode="warn")
     assert "nested" in issues[0].message
-    assert time.perf_counter() - start < 2.0
 
 
 def test_nesting_inside_strings_does_not_count():

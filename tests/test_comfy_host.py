@@ -41,8 +41,10 @@ def empty_image_prompt(width=64, height=48, color=0xFF8000, prefix="smoke"):
 
 
 def test_boots_with_pack(comfy):
+    # Boot time is printed, not asserted (speed belongs in benchmarks; a loaded 2-core CI machine
+    # varies by minutes); start() waits up to its hang guard for the server to answer.
     print(f"ComfyUI boot: {comfy.boot_seconds:.1f} s")
-    assert comfy.boot_seconds is not None and comfy.boot_seconds < 120
+    assert comfy.boot_seconds is not None and comfy.alive()
     assert comfy.pack_import_failures() == [], "\n".join(comfy.pack_import_failures())
     assert comfy.pack_loaded(), "pack not listed among imported custom nodes:\n" + comfy.log_tail()
     stats = comfy.get("/system_stats")

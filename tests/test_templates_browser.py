@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import PACK_NAME
-from front_end import NEWEST_FRONTEND, open_app, pick, pinned_frontend, serving
+from front_end import HANG_GUARD_MS, NEWEST_FRONTEND, open_app, pick, pinned_frontend, serving
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
@@ -75,7 +75,7 @@ def test_template_browser_lists_the_ui_templates_with_thumbnails_and_opens_the_b
         page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
         page.locator("[role=dialog]").get_by_text(PACK_NAME, exact=True).first.click()
         for name in TEMPLATES:
-            page.wait_for_function(THUMBNAIL, arg=name, timeout=30_000)
+            page.wait_for_function(THUMBNAIL, arg=name, timeout=HANG_GUARD_MS)
         assert page.evaluate(SHOWN_NAMES) == TEMPLATES  # the API twin is not among them
         for name in TEMPLATES:
             with Image.open(REPO / "workflows" / f"{name}.jpg") as jpg:
@@ -85,7 +85,7 @@ def test_template_browser_lists_the_ui_templates_with_thumbnails_and_opens_the_b
         page.screenshot(path=str(ARTIFACTS / f"templates_{version}_{mode}.png"))
 
         page.locator(f'[role=dialog] img[alt="{T2I}"]').click()
-        page.wait_for_function(EDITOR_SHOWN, timeout=30_000)
+        page.wait_for_function(EDITOR_SHOWN, timeout=HANG_GUARD_MS)
         shown = page.evaluate(EDITOR_SHOWN)
         twin = json.loads((REPO / "api_workflows" / f"{T2I}_api.json").read_text())
         (builder,) = [n for n in twin.values() if n["class_type"] == "Ideogram4CaptionBuilder"]
