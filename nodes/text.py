@@ -72,7 +72,7 @@ class Ideogram4TextEncode(io.ComfyNode):
     def execute(cls, text_encoder, caption, caption_check, plain_text,
                 caption_format=DEFAULT_CAPTION_FORMAT) -> io.NodeOutput:
         result = verify_caption(caption, mode=caption_check, plain_text=plain_text, caption_format=caption_format)
-        report = result.report() or "caption OK"
+        report = result.report() if result.issues else "caption OK"
         if result.issues:
             print(f"[Ideogram 4] caption check:\n{report}")
         encoder = text_encoder.encoder

@@ -39,6 +39,30 @@ def run_image(host, prompt) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def oracle_image(models, caption: str, seed: int) -> np.ndarray:
+    """diffusers' Ideogram4Pipeline on the very string given, Turbo 12, as 8-bit levels the way
+    SaveImage stores them (floor(255 * x))."""
+    pipe = oracle_pipeline(models)
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
+                                              add_generation_prompt=True, tokenize=False)
+    n_tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        expected = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=12,
+                        guidance_schedule=[7.0] * 11 + [3.0], mu=0.5, std=1.75, max_sequence_length=n_tokens,
+                        generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+    return np.clip(255.0 * expected, 0, 255).astype(np.uint8)
+
+
+def assert_same_image(got: np.ndarray, expected_u8: np.ndarray, what: str) -> None:
+    # A value within fp32 noise of an integer boundary may land one level lower or higher, so
+    # allow 1 level anywhere but demand near-identity on average.
+    diff = np.abs(got.astype(int) - expected_u8.astype(int))
+    print(f"{what}: max {diff.max()} levels, mean {diff.mean():.5f}, image std {expected_u8.std():.1f}")
+    assert got.shape == expected_u8.shape == (SIZE[1], SIZE[0], 3)
+    assert expected_u8.std() > 5, "the oracle image is flat: the comparison would prove nothing"
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
 def test_api_workflow_matches_diffusers_pipeline(tiny_server):
     host, models = tiny_server
     prompt = tiny_prompt(seed=7)
@@ -48,24 +72,44 @@ def test_api_workflow_matches_diffusers_pipeline(tiny_server):
     entry = host.run(prompt, timeout=600)
     (path,) = host.output_files(entry)
     got = np.asarray(Image.open(path).convert("RGB"))
-
     caption = entry["outputs"]["99"]["text"][0]
-    pipe = oracle_pipeline(models)
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
-                                              add_generation_prompt=True, tokenize=False)
-    n_tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-    with torch.no_grad():
-        expected = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=12,
-                        guidance_schedule=[7.0] * 11 + [3.0], mu=0.5, std=1.75, max_sequence_length=n_tokens,
-                        generator=torch.Generator("cpu").manual_seed(7), output_type="np").images[0]
-    # SaveImage stores floor(255 * x); a value within fp32 noise of an integer boundary may land one
-    # level lower or higher, so allow 1 level anywhere but demand near-identity on average.
-    expected_u8 = np.clip(255.0 * expected, 0, 255).astype(np.uint8)
-    diff = np.abs(got.astype(int) - expected_u8.astype(int))
-    print(f"server vs diffusers: max {diff.max()} levels, mean {diff.mean():.4f}, image std {expected_u8.std():.1f}")
-    assert got.shape == expected_u8.shape == (SIZE[1], SIZE[0], 3)
-    assert expected_u8.std() > 5, "the oracle image is flat: the comparison would prove nothing"
-    assert diff.max() <= 1 and diff.mean() < 0.01
+    assert_same_image(got, oracle_image(models, caption, seed=7), "server vs diffusers")
+
+
+# Typed by hand the way people write JSON: indented, one key per line, non-ASCII written literally,
+# a trailing newline. It needs no repair, so it must reach the text encoder exactly like this.
+PRETTY_CAPTION = json.dumps({
+    "high_level_description": "A café window at dusk with a hand-painted sign that reads \"OUVERT\".",
+    "style_description": {"aesthetics": "warm, quiet", "lighting": "lamplight against blue dusk",
+                          "photo": "35mm, shallow depth of field", "medium": "photograph",
+                          "color_palette": ["#F2B350", "#1F3A5F"]},
+    "compositional_deconstruction": {"background": "a narrow street, wet cobblestones", "elements": [
+        {"type": "text", "bbox": [80, 200, 220, 800], "text": "OUVERT", "desc": "cream brush lettering"},
+        {"type": "obj", "bbox": [300, 150, 950, 850], "desc": "a shop window full of pastries"}]},
+}, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_pretty_printed_caption_matches_diffusers_given_the_same_text(tiny_server):
+    """Issue 11.2: a valid pretty-printed caption typed into Text Encode reaches the encoder as
+    written, so the image equals diffusers' for that same string (and not for its compact form)."""
+    from ideogram4_core.captions.build import serialize_caption
+
+    host, models = tiny_server
+    prompt = tiny_prompt(seed=7, prefix="pretty")
+    del prompt["10"]  # no builder: the caption is typed into Text Encode
+    prompt["3"]["inputs"].update(caption=PRETTY_CAPTION, caption_check="repair", caption_format="as_written")
+    prompt["99"] = {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}  # caption_report
+    entry = host.run(prompt, timeout=600)
+    assert entry["status"]["status_str"] == "success", host.log_tail()
+    assert entry["outputs"]["99"]["text"] == ["caption OK"]
+    (path,) = host.output_files(entry)
+    got = np.asarray(Image.open(path).convert("RGB"))
+    assert_same_image(got, oracle_image(models, PRETTY_CAPTION, seed=7), "pretty caption, server vs diffusers")
+    # The comparison can tell the two forms apart: compacting first gives another image.
+    compacted = oracle_image(models, serialize_caption(json.loads(PRETTY_CAPTION)), seed=7)
+    off = np.abs(got.astype(int) - compacted.astype(int)).mean()
+    print(f"pretty caption on the server vs diffusers given the compact form: mean {off:.2f} levels")
+    assert off > 0.5
 
 
 def run_latent(host, seed: int, prefix: str, ignored_guidance_list: str = "") -> torch.Tensor:
