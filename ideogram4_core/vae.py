@@ -9,8 +9,9 @@ statistics: those are kept only so `vae_file.compare_batch_norm` can say how far
 the official ones (spec §E.2 open question).
 
 Tiled decoding (`tile_size`): the latent is cut into overlapping tiles, each decoded on its own
-and blended with linear ramps across the overlaps. It is an approximation, because GroupNorm and the
-mid-block attention see one tile instead of the whole image. The suggested 1024 px tiles
+and blended with linear ramps across the overlaps (tiled encoding mirrors this on the image). It
+is an approximation, because GroupNorm and the mid-block attention see one tile instead of the
+whole image. The suggested 1024 px tiles
 (`DEFAULT_TILE_SIZE`) give each tile the statistics of a 1024² image, a size this VAE decodes in
 one piece all the time, so images up to 1024² are never split; the 256 px overlap
 (`DEFAULT_TILE_OVERLAP`, 32 latent pixels) is about twice the decoder's 3x3-conv receptive radius
@@ -238,17 +239,29 @@ def decode_tokens(vae: Flux2VAE, tokens: torch.Tensor, grid_h: int, grid_w: int,
     return ((pixels + 1.0) / 2.0).permute(0, 2, 3, 1).contiguous()
 
 
-def encode_images(vae: Flux2VAE, images: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+def encode_images(vae: Flux2VAE, images: torch.Tensor, *, dtype: torch.dtype | None = None,
+                  tile_size: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
     """Images (B, H, W, 3) in [0, 1], H and W multiples of 16 -> model-space tokens
-    (B, H/16·W/16, 128) float32: posterior mean, patchify, official normalisation."""
+    (B, H/16·W/16, 128) float32: the inverse of `decode_tokens`, step by step in reverse:
+    [0, 1] -> [-1, 1], encoder -> posterior mean (the first z channels; no sampling), patchify in
+    (p_row, p_col, c) order, official normalisation (`latents.normalize`).
+
+    `tile_size` / `tile_overlap` in image pixels, multiples of 8: the image is cut into overlapping
+    tiles, each encoded alone and blended with linear ramps in the raw latent, the mirror of tiled
+    decoding (and approximate for the same reason: each tile has its own GroupNorm statistics and
+    attention). None encodes in one piece, like the reference."""
     if vae.encoder is None:
         raise ValueError("this VAE file has no encoder, so it can only decode")
     if images.dim() != 4 or images.shape[-1] != 3 or images.shape[1] % 16 or images.shape[2] % 16:
         raise ValueError(f"expected images (B, H, W, 3) with H, W multiples of 16, got {tuple(images.shape)}")
-    encoder = _in_dtype(vae.encoder, dtype)
+    encoder, z = _in_dtype(vae.encoder, dtype), vae.config.z_channels
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return encoder(x)[:, :z].float()
+
     with torch.no_grad():
         x = (images.permute(0, 3, 1, 2) * 2.0 - 1.0).to(device=vae.device, dtype=dtype or vae.dtype)
-        mean = encoder(x)[:, : vae.config.z_channels].float()
+        mean = encode(x) if tile_size is None else _encode_tiled(encode, x, *_latent_tiling(tile_size, tile_overlap))
     return normalize(vae_latent_to_tokens(mean))
 
 
@@ -276,13 +289,14 @@ def _tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, s + tile) for s in (round(i * (length - tile) / (count - 1)) for i in range(count))]
 
 
-def _ramp(spans: list[tuple[int, int]], i: int) -> torch.Tensor:
-    """Blend weights of tile i in output pixels: linear ramps over each overlap that sum to 1 with
-    the neighbour's, 1 elsewhere."""
+def _ramp(spans: list[tuple[int, int]], i: int, scale: int = VAE_SCALE) -> torch.Tensor:
+    """Blend weights of tile i in output units (`scale` per span unit: pixels when decoding, latent
+    pixels (1) when encoding): linear ramps over each overlap that sum to 1 with the neighbour's,
+    1 elsewhere."""
     start, end = spans[i]
-    weight = torch.ones((end - start) * VAE_SCALE)
-    before = (spans[i - 1][1] - start) * VAE_SCALE if i > 0 else 0
-    after = (end - spans[i + 1][0]) * VAE_SCALE if i + 1 < len(spans) else 0
+    weight = torch.ones((end - start) * scale)
+    before = (spans[i - 1][1] - start) * scale if i > 0 else 0
+    after = (end - spans[i + 1][0]) * scale if i + 1 < len(spans) else 0
     if before > 0:
         weight[:before] = torch.minimum(weight[:before], (torch.arange(before) + 0.5) / before)
     if after > 0:
@@ -305,4 +319,24 @@ def _decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
             weight = (_ramp(rows, i)[:, None] * _ramp(cols, j)[None, :]).to(z.device)
             total[:, :, y0 * s:y1 * s, x0 * s:x1 * s] += pixels * weight
             weight_sum[y0 * s:y1 * s, x0 * s:x1 * s] += weight
+    return total / weight_sum
+
+
+def _encode_tiled(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
+                  overlap: int) -> torch.Tensor:
+    """`tile` / `overlap` in latent pixels; spans are laid on the latent grid (H/8, W/8) and each
+    covers 8x as many image pixels."""
+    rows, cols = _tile_spans(x.shape[2] // VAE_SCALE, tile, overlap), _tile_spans(x.shape[3] // VAE_SCALE, tile, overlap)
+    if len(rows) == len(cols) == 1:
+        return encode(x)
+    s = VAE_SCALE
+    total, weight_sum = None, torch.zeros(x.shape[2] // s, x.shape[3] // s, device=x.device)
+    for i, (y0, y1) in enumerate(rows):
+        for j, (x0, x1) in enumerate(cols):
+            latent = encode(x[:, :, y0 * s:y1 * s, x0 * s:x1 * s])
+            if total is None:
+                total = latent.new_zeros(latent.shape[0], latent.shape[1], *weight_sum.shape)
+            weight = (_ramp(rows, i, 1)[:, None] * _ramp(cols, j, 1)[None, :]).to(x.device)
+            total[:, :, y0:y1, x0:x1] += latent * weight
+            weight_sum[y0:y1, x0:x1] += weight
     return total / weight_sum

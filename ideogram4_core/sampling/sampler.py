@@ -15,6 +15,7 @@ import torch
 from ..constants import LATENT_CHANNELS
 from ..model.transformer import Ideogram4Transformer
 from ..model.packing import conditional_layout, image_only_layout, pack_image_tokens
+from .init_image import InitImage
 from .schedule import SamplingPlan
 
 
@@ -114,8 +115,15 @@ def sample(
     callback: StepCallback | None = None,
     before_pass: BeforePass | None = None,
     device: torch.device | None = None,
+    init_latents: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` (B, N, 128) into clean model-space tokens (B, N, 128) fp32.
+
+    Image-to-image and inpainting (`init_image.InitImage`): `init_latents` (B, N, 128) is the input
+    image in model space, noised to the plan's first sigma when `plan.denoise` < 1; `mask` (B, N, 1)
+    bool marks the tokens to regenerate, the others are reset to the input noised to the current
+    sigma after every step. Without them (or at denoise 1 without a mask) this is text-to-image.
 
     text_features: (B, n, F) left-padded text features with `text_lengths` real rows per prompt
     (a single caption has no padding). Without an unconditional model every step uses the conditional
@@ -133,8 +141,9 @@ def sample(
     velocity = GuidedVelocity(model, unconditional_model, text_features, text_lengths, grid_h, grid_w, before_pass,
                               device)
     device = velocity.device
-    latents = noise.to(device, torch.float32)
     sigmas = plan.sigmas.to(device, torch.float32)
+    init = InitImage.prepare(noise, init_latents, mask, plan.denoise, device)
+    latents = noise.to(device, torch.float32) if init is None else init.start(sigmas[0])
     # Model time t = 1 - sigma, taken through diffusers' 0-1000 timestep scale in fp32 so t is
     # bit-identical to the reference pipeline's (the round trip moves t by 1 ulp on some steps).
     model_times = 1.0 - (sigmas * 1000.0) / 1000.0
@@ -142,6 +151,8 @@ def sample(
         v = velocity(latents, model_times[i].expand(batch), plan.guidance[i])
         denoised = latents + sigmas[i] * v
         latents = latents + (sigmas[i] - sigmas[i + 1]) * v
+        if init is not None:
+            latents, denoised = init.keep_unmasked(latents, sigmas[i + 1]), init.keep_unmasked(denoised, 0.0)
         if callback is not None:
             callback(StepInfo(i, plan.steps, float(sigmas[i + 1]), latents, denoised))
     return latents

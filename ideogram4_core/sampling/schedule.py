@@ -1,5 +1,13 @@
 """Sampling schedule and guidance (spec §D): logit-normal sigmas with a resolution-aware mean, and
-per-step guidance in sampling order (first entry = first, noisiest step)."""
+per-step guidance in sampling order (first entry = first, noisiest step).
+
+`denoise` (image-to-image, inpainting) has ComfyUI KSampler's meaning: with `steps` and
+denoise d < 1 the official schedule is built for floor(steps / d) steps (same mu, std and
+resolution shift) and only its last `steps` steps run, so `steps` is always the number of steps
+that run and the guidance list (its polish steps included) applies to them exactly as in
+text-to-image: Default 20 at denoise 0.5 runs the last 20 of a 40-step schedule, 18 at 7 then 2
+at 3. denoise 1 is the plain text-to-image plan. See docs/editing.md.
+"""
 
 from __future__ import annotations
 
@@ -67,12 +75,27 @@ def sigmas(steps: int, mu: float, std: float, width: int, height: int) -> torch.
     return torch.cat([sigma, sigma.new_zeros(1)])
 
 
+def schedule_steps(steps: int, denoise: float) -> int:
+    """Length of the schedule whose last `steps` steps run at this denoise (KSampler's
+    int(steps / denoise)). The 1e-9 keeps a float quotient such as 7 / 0.7 = 9.999... from losing a
+    step; denoise above 0.9999 counts as 1, as in KSampler."""
+    if not 0.0 < denoise <= 1.0:  # also refuses nan
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}: 1 = text-to-image, lower keeps more of "
+                         "the input image")
+    if denoise > 0.9999:
+        return steps
+    return max(steps, math.floor(steps / denoise + 1e-9))
+
+
 @dataclass(frozen=True)
 class SamplingPlan:
-    """What the sampler loop needs: noise levels (steps + 1) and one guidance weight per step."""
+    """What the sampler loop needs: noise levels (steps + 1) and one guidance weight per step.
+    `denoise` < 1: the sigmas are the tail of a longer schedule, and sampling starts from the
+    input latent noised to sigmas[0] instead of from pure noise."""
 
     sigmas: torch.Tensor
     guidance: tuple[float, ...]
+    denoise: float = 1.0
 
     def __post_init__(self):
         if len(self.guidance) != len(self.sigmas) - 1:
@@ -85,11 +108,17 @@ class SamplingPlan:
         return len(self.guidance)
 
 
-def preset_plan(name: str, width: int, height: int) -> SamplingPlan:
+def _plan(steps: int, mu: float, std: float, width: int, height: int, guidance: list[float],
+          denoise: float) -> SamplingPlan:
+    full = sigmas(schedule_steps(steps, denoise), mu, std, width, height)
+    return SamplingPlan(full[-(steps + 1):], tuple(guidance), 1.0 if denoise > 0.9999 else float(denoise))
+
+
+def preset_plan(name: str, width: int, height: int, denoise: float = 1.0) -> SamplingPlan:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return SamplingPlan(sigmas(p.steps, p.mu, p.std, width, height), tuple(p.guidance_schedule()))
+    return _plan(p.steps, p.mu, p.std, width, height, p.guidance_schedule(), denoise)
 
 
 def custom_plan(
@@ -102,9 +131,11 @@ def custom_plan(
     polish_guidance: float | None = None,
     polish_steps: int = 0,
     guidance_list: list[float] | None = None,
+    denoise: float = 1.0,
 ) -> SamplingPlan:
     """A plan from explicit settings: either a constant guidance with an optional polish tail, or a
-    full per-step `guidance_list` (sampling order) of exactly `steps` entries."""
+    full per-step `guidance_list` (sampling order) of exactly `steps` entries (the steps that run,
+    whatever the denoise)."""
     if guidance_list is not None:
         schedule = [float(g) for g in guidance_list]
     elif guidance is not None:
@@ -112,4 +143,6 @@ def custom_plan(
         schedule = guidance_schedule(steps, guidance, polish, polish_steps)
     else:
         raise ValueError("give either a guidance value or a per-step guidance list")
-    return SamplingPlan(sigmas(steps, mu, std, width, height), tuple(schedule))
+    if len(schedule) != steps:
+        raise ValueError(f"guidance list has {len(schedule)} entries but there are {steps} steps")
+    return _plan(steps, mu, std, width, height, schedule, denoise)
