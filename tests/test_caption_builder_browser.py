@@ -182,3 +182,113 @@ def test_draw_pick_queue_reload(hosts, browser, version, mode):
         assert not errors, errors
     finally:
         page.close()
+
+
+IMPORTED = {
+    "high_level_description": "A red bicycle leaning on a wall.",
+    "style_description": {"photo": "50mm lens", "aesthetics": "calm", "lighting": "overcast", "medium": "photograph",
+                          "color_palette": ["#AA3322"]},
+    "compositional_deconstruction": {"background": "a brick wall", "elements": [
+        {"type": "obj", "bbox": [100, 200, 600, 700], "desc": "a red bicycle", "color_palette": ["#CC0000"]},
+        {"type": "text", "bbox": [700, 100, 850, 900], "desc": "a painted sign", "text": "OPEN"}]},
+}
+WIDGET = "(args) => app.graph.getNodeById(args[0]).widgets.find(w => w.name === args[1]).value"
+SET_WIDGET = "(args) => { app.graph.getNodeById(args[0]).widgets.find(w => w.name === args[1]).value = args[2]; }"
+STATUS = "(id) => app.graph.getNodeById(id).ideogram4Editor.statusEl.textContent"
+
+
+def bbox_of(page, builder_id, index=0):
+    return json.loads(page.evaluate(LAYOUT, builder_id))["elements"][index]["bbox"]
+
+
+@pytest.mark.parametrize("version,mode", CASES, ids=[f"{v}-{m}" for v, m in CASES])
+def test_import_validate_move_resize_nudge(hosts, browser, version, mode):
+    """Import (import_caption through POST /ideogram4/parse_caption), an invalid layout refused
+    read-only until Clear, then a drawn box moved and resized with the mouse and nudged with the
+    arrow keys (1 step, 10 with Shift); every expected bbox is computed here from the pointer
+    positions, and the last one must reach the queued caption."""
+    host = pick(hosts, version)
+    host.post(f"/settings/{'Comfy.VueNodes.Enabled'}", mode == "vue")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        open_app(page, host.url)
+        summary = f"Import and edit ({version}, {mode})."
+        builder_id, preview_id = page.evaluate(BUILD_GRAPH, [*TARGET, summary])
+        canvas = page.locator("[data-role=canvas]")
+        canvas.wait_for(state="visible")
+
+        # Import: the route answers with the parsed caption, and the editor loads exactly that.
+        text = json.dumps(IMPORTED)
+        status, answer = host.request("POST", "/ideogram4/parse_caption", {"caption": text})
+        assert status == 200 and answer["data"] == IMPORTED, answer
+        page.evaluate(SET_WIDGET, [builder_id, "import_caption", text])
+        page.locator("[data-role=import]").click()
+        page.wait_for_function("(id) => JSON.parse(app.graph.getNodeById(id).widgets.find(w => w.name === 'layout')"
+                               ".value || '{}').elements?.length === 2", arg=builder_id, timeout=HANG_GUARD_MS)
+        layout = json.loads(page.evaluate(LAYOUT, builder_id))
+        assert layout["color_palette"] == ["#AA3322"]
+        assert layout["elements"] == IMPORTED["compositional_deconstruction"]["elements"]
+        for name, value in (("high_level_description", IMPORTED["high_level_description"]), ("style", "photo"),
+                            ("photo_or_art_style", "50mm lens"), ("lighting", "overcast"), ("background", "a brick wall")):
+            assert page.evaluate(WIDGET, [builder_id, name]) == value, name
+        assert "Imported 2 element(s)" in page.locator("[data-role=report]").text_content()
+
+        # Validation: a layout that is not JSON is reported, and the canvas will not change it.
+        page.evaluate(SET_WIDGET, [builder_id, "layout", '{"elements": [ broken'])
+        page.evaluate("(id) => app.graph.getNodeById(id).ideogram4Editor.sync(true)", builder_id)
+        assert page.evaluate(STATUS, builder_id).startswith("⚠ layout is not valid JSON"), page.evaluate(STATUS, builder_id)
+        box = canvas.bounding_box()
+        drag(page, (box["x"] + 0.1 * box["width"], box["y"] + 0.1 * box["height"]),
+             (box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"]))
+        assert page.evaluate(LAYOUT, builder_id) == '{"elements": [ broken'
+        page.locator("[data-role=clear]").click()
+        assert json.loads(page.evaluate(LAYOUT, builder_id))["elements"] == []
+
+        # Draw, then move by the body, resize by the south-east handle, nudge with the keys. The
+        # canvas is measured before each gesture: the panel of a selected box can shift it.
+        def frame():
+            box = canvas.bounding_box()
+            return (lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"]),
+                    lambda y: grid(y, box["y"], box["height"]), lambda x: grid(x, box["x"], box["width"]))
+
+        px, gy, gx = frame()
+        a, b = px(0.20, 0.25), px(0.45, 0.55)
+        drag(page, a, b)
+        drawn = [gy(a[1]), gx(a[0]), gy(b[1]), gx(b[0])]
+        assert bbox_of(page, builder_id) == drawn
+
+        px, gy, gx = frame()
+        start, end = px(0.30, 0.40), px(0.42, 0.47)
+        drag(page, start, end)
+        dy, dx = gy(end[1]) - gy(start[1]), gx(end[0]) - gx(start[0])
+        moved = [drawn[0] + dy, drawn[1] + dx, drawn[2] + dy, drawn[3] + dx]
+        assert bbox_of(page, builder_id) == moved
+
+        px, gy, gx = frame()
+        handle, corner = px(moved[3] / 1000, moved[2] / 1000), px(0.80, 0.90)
+        drag(page, handle, corner)
+        resized = [moved[0], moved[1], gy(corner[1]), gx(corner[0])]
+        assert bbox_of(page, builder_id) == resized
+
+        canvas.press("ArrowRight")
+        canvas.press("Shift+ArrowDown")
+        canvas.press("Shift+ArrowLeft")
+        canvas.press("ArrowUp")
+        nudged = [resized[0] + 9, resized[1] - 9, resized[2] + 9, resized[3] - 9]
+        assert bbox_of(page, builder_id) == nudged
+        assert page.evaluate("(id) => !!app.graph.getNodeById(id)", builder_id)  # keys stayed in the editor
+
+        known = set(host.get("/history"))
+        page.evaluate("() => app.queuePrompt(0, 1)")
+        entry = wait_history(host, known)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        caption = json.loads(entry["outputs"][str(preview_id)]["text"][0])
+        assert [e["bbox"] for e in caption["compositional_deconstruction"]["elements"]] == [nudged]
+        assert caption["high_level_description"] == IMPORTED["high_level_description"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"caption_builder_edit_{version}_{mode}.png"))
+        assert not errors, errors
+    finally:
+        page.close()
