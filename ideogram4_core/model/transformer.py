@@ -110,7 +110,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def into(fresh: torch.Tensor, op: str, other: torch.Tensor) -> torch.Tensor:
     """`fresh <op> other` ("mul" or "add"), written into `fresh` (a temporary nobody else holds)
     when the result has its dtype and shape: the same numbers without allocating another
-    activation-sized buffer (on CPU each new one is fresh pages to fault in)."""
+    activation-sized buffer."""
     if torch.result_type(fresh, other) == fresh.dtype and torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape:
         return getattr(fresh, op + "_")(other)
     return getattr(torch, op)(fresh, other)
