@@ -1,6 +1,9 @@
 """Issue 8, load: 50 API prompts queued at once on the real server with tiny models all complete, each
-with the output its seed determines, and the server's resident memory after the run stays within
-10 % of its level after the first few.
+with the output its seed determines, and the server's resident memory after the run is within
+64 MiB of its level after the first few: less than what one leaked image decode would keep (its
+full-resolution activation alone is 256x256 px x 256 channels x 4 bytes = 64 MiB) and than the
+decoder weights our cache would keep if it outlived ComfyUI's VAE (84M parameters, 336 MB).
+Measured: -1 MiB from a level of 1085 MiB.
 
 Cost: the full-size random Flux.2 VAE decode is most of a tiny run (seconds per image on two busy
 cores), so 47 prompts run the Custom preset with 2 steps and stop at SaveLatent (the sampler's
@@ -88,4 +91,4 @@ def test_fifty_queued_prompts(tiny_server):
           f"({elapsed / COUNT:.2f} s per prompt); server RSS MiB: before {rss['before'] / MiB:.0f}, after "
           f"{FIRST_FEW} {base / MiB:.0f}, after {COUNT} {end / MiB:.0f} ({(end - base) / base:+.1%}), "
           f"peak {peak / MiB:.0f}")
-    assert abs(end - base) <= 0.10 * base
+    assert abs(end - base) < 64 * MiB
