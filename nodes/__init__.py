@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 from .caption import Ideogram4CaptionBuilder
 from .latent import Ideogram4EmptyLatent
 from .loaders import Ideogram4ModelLoader, Ideogram4TextEncoderLoader
+from .lora import Ideogram4LoraLoader
 from .prompting import Ideogram4Describe, Ideogram4MagicPrompt
 from .sampling import Ideogram4Sampler
 from .text import Ideogram4TextEncode
@@ -13,6 +14,7 @@ from .vae import Ideogram4VAEDecode
 NODES = [
     Ideogram4ModelLoader,
     Ideogram4TextEncoderLoader,
+    Ideogram4LoraLoader,
     Ideogram4TextEncode,
     Ideogram4CaptionBuilder,
     Ideogram4MagicPrompt,

@@ -12,7 +12,9 @@ clones) with three changes, all about FP8 / NF4 layers, whose `weight` holds qua
   is part of the offload cost ComfyUI plans for.
 - Buffers (the text encoder's rotary frequencies) stay on the compute device in a partial load;
   ComfyUI moves only modules that have weights.
-Plain bf16 / fp32 layers are patched and loaded exactly as by ComfyUI.
+Plain bf16 / fp32 layers are patched and loaded exactly as by ComfyUI. A native LoRA loader's patch
+set that would silently miss the split q/k/v parts of a diffusers-layout NF4 model is refused with a
+message naming our LoRA node (`_refuse_lora_missing_split_qkv`).
 """
 
 from __future__ import annotations
@@ -85,9 +87,27 @@ class Ideogram4ModelPatcher(comfy.model_patcher.ModelPatcher):
             entries.append((entry[0] + extra, *entry[1:]) if extra else entry)
         return entries
 
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        _refuse_lora_missing_split_qkv(self.model, patches)
+        return super().add_patches(patches, strength_patch, strength_model)
+
     def patch_hook_weight_to_device(self, hooks, combined_patches, key, *args, **kwargs):
         if key in combined_patches and self._quantized_layer(key) is not None:
             raise ValueError(
                 f"hook (scheduled) weight patches cannot be applied to the FP8/NF4 layer {key}: use a "
                 "regular LoRA loader with this model, or load the transformers in bfloat16")
         return super().patch_hook_weight_to_device(hooks, combined_patches, key, *args, **kwargs)
+
+
+def _refuse_lora_missing_split_qkv(model, patches) -> None:
+    """A diffusers-layout NF4 folder stores q, k and v as separate parts (quant.ConcatLinear,
+    `attention.qkv.parts.N`). ComfyUI's LoRA key map knows only the model's own keys, so native
+    loaders silently drop a LoRA's fused `attention.qkv` update there. A patch set that patches
+    attention outputs but no qkv part is that case: refuse it, naming the node that can."""
+    keys = [k if isinstance(k, str) else k[0] for k in patches]
+    if any(".attention.o." in k for k in keys) and not any(".attention.qkv.parts." in k for k in keys):
+        if any(isinstance(m, quant.ConcatLinear) for m in model.modules()):
+            raise ValueError(
+                "this Ideogram 4 model stores attention q/k/v as separate NF4 parts (a diffusers-layout folder), so "
+                "ComfyUI's LoRA loaders cannot apply a LoRA's attention.qkv update to it and would skip it silently: "
+                "use the 'Ideogram 4 LoRA' node (Ideogram4LoraLoader), which applies it to every weight kind")
