@@ -80,8 +80,9 @@ class Ideogram4LoraLoader(io.ComfyNode):
                                tooltip="Strength on the unconditional transformer. Keep 0: LoRAs are trained on "
                                "the conditional model, and patching both gives a saturated patch-mosaic image."),
             ],
-            outputs=[io.Model.Output("model", display_name="model"),
-                     io.Model.Output("unconditional_model", display_name="unconditional_model")],
+            # V3 ids must differ from the input ids; the sockets still read model / unconditional_model.
+            outputs=[io.Model.Output("model_out", display_name="model"),
+                     io.Model.Output("unconditional_model_out", display_name="unconditional_model")],
         )
 
     @classmethod
