@@ -49,6 +49,8 @@ MODEL_FILES = {
     "Ideogram4TextEncoderLoader": [
         ("qwen3vl_8b_fp8_scaled.safetensors", f"{HF}/Qwen3-VL/resolve/main/text_encoders", "text_encoders")],
     "VAELoader": [("flux2-vae.safetensors", f"{HF}/flux2-dev/resolve/main/split_files/vae", "vae")],
+    # No download link (url None): the note says where to get it; a placeholder while drawing only.
+    "Ideogram4LoraLoader": [("ideogram_4_turbotime_lora.safetensors", None, "loras")],
 }
 
 MODEL_FILES_GUIDE = """Where the model files go
@@ -128,7 +130,7 @@ def model_downloads(node: dict) -> dict:
     """The node's `models` property: download links for the listed files it uses."""
     used = {v for v in node["inputs"].values() if isinstance(v, str)}
     files = [{"name": name, "url": f"{url}/{name}", "directory": folder}
-             for name, url, folder in MODEL_FILES.get(node["class_type"], []) if name in used]
+             for name, url, folder in MODEL_FILES.get(node["class_type"], []) if name in used and url]
     return {"models": files} if files else {}
 
 

@@ -38,7 +38,8 @@ SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MODEL_INPUTS = {"1": ["model_name", "unconditional_model_name"], "2": ["text_encoder_name"], "6": ["vae_name"]}
 # Model-name inputs by node type and the folder they list: placeholders make the twins' names valid.
 MODEL_FOLDERS = {"Ideogram4ModelLoader": {"model_name": "diffusion_models", "unconditional_model_name": "diffusion_models"},
-                 "Ideogram4TextEncoderLoader": {"text_encoder_name": "text_encoders"}, "VAELoader": {"vae_name": "vae"}}
+                 "Ideogram4TextEncoderLoader": {"text_encoder_name": "text_encoders"}, "VAELoader": {"vae_name": "vae"},
+                 "Ideogram4LoraLoader": {"lora_name": "loras"}}
 
 
 def load_ui(name: str) -> dict:
