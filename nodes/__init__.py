@@ -3,6 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .caption import Ideogram4CaptionBuilder
+from .editing import Ideogram4InpaintCrop, Ideogram4InpaintStitch, Ideogram4OutpaintPad, Ideogram4VAEEncode
 from .latent import Ideogram4EmptyLatent
 from .loaders import Ideogram4ModelLoader, Ideogram4TextEncoderLoader
 from .lora import Ideogram4LoraLoader
@@ -22,6 +23,10 @@ NODES = [
     Ideogram4EmptyLatent,
     Ideogram4Sampler,
     Ideogram4VAEDecode,
+    Ideogram4VAEEncode,
+    Ideogram4InpaintCrop,
+    Ideogram4InpaintStitch,
+    Ideogram4OutpaintPad,
 ]
 
 

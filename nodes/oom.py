@@ -27,6 +27,8 @@ FIXES = {
                 "(quantization 'nf4'), or start ComfyUI with --lowvram",
     "generating": "lower max_tokens in Ideogram 4 Magic Prompt / Describe, load the FP8 or NF4 text encoder, "
                   "or start ComfyUI with --lowvram",
+    "encoding the image": "set tile_size to 512 (or 256) in Ideogram 4 VAE Encode, or use a smaller image "
+                          "(size_mode resize, or Ideogram 4 Inpaint Crop's resolution)",
     "decoding": "set tile_size to 512 (or 256) in Ideogram 4 VAE Decode, use a smaller size or batch_size, "
                 "or start ComfyUI with --lowvram",
 }

@@ -11,6 +11,7 @@ import comfy.utils
 import latent_preview
 
 from ..ideogram4_core.constants import PIXELS_PER_TOKEN
+from ..ideogram4_core.editing.masks import token_mask
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
 from ..ideogram4_core.memory import dit_inference_bytes
 from ..ideogram4_core.sampling.sampler import initial_noise, sample
@@ -52,6 +53,25 @@ def conditioning_features(positive) -> tuple[torch.Tensor, list[int]]:
     return features, list(counts)
 
 
+def input_image(samples: torch.Tensor, mask, denoise: float):
+    """(input tokens or None, token mask or None) for image-to-image / inpainting."""
+    if mask is None and denoise >= 1.0:
+        return None, None  # text-to-image: the latent only sets size and batch
+    batch, _, grid_h, grid_w = samples.shape
+    if not bool(samples.any()):
+        using = f"denoise {denoise:g}" if mask is None else "a mask"
+        raise ValueError(f"{using} starts from the input latent, but it is empty (all zeros, e.g. from Ideogram 4 "
+                         "Empty Latent): connect Ideogram 4 VAE Encode's latent of the image to edit, or "
+                         "disconnect the mask and set denoise to 1 for text-to-image")
+    tokens_mask = None
+    if mask is not None:
+        tokens_mask = token_mask(mask, grid_h, grid_w)
+        if tokens_mask.shape[0] not in (1, batch):
+            raise ValueError(f"{tokens_mask.shape[0]} masks for a latent batch of {batch}: give one mask, or one "
+                             "per image")
+    return comfy_to_tokens(samples.float().cpu()), tokens_mask
+
+
 class Ideogram4Sampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -66,7 +86,8 @@ class Ideogram4Sampler(io.ComfyNode):
                 io.Model.Input("unconditional_model", optional=True, tooltip="The unconditional transformer. "
                                "Without it every step uses the conditional velocity alone (distilled models)."),
                 io.Conditioning.Input("positive", tooltip="From 'Ideogram 4 Text Encode'."),
-                io.Latent.Input("latent", tooltip="Sets the size and batch (e.g. 'Ideogram 4 Empty Latent')."),
+                io.Latent.Input("latent", tooltip="Sets the size and batch (e.g. 'Ideogram 4 Empty Latent'). For "
+                                "image-to-image and inpainting, the image to start from (Ideogram 4 VAE Encode)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise is drawn on the CPU, so a seed gives the same image on any device."),
                 io.Combo.Input("preset", options=[*PRESET_NAMES, CUSTOM], default="Default 20",
@@ -86,6 +107,14 @@ class Ideogram4Sampler(io.ComfyNode):
                 io.String.Input("guidance_list", default="", optional=True,
                                 tooltip="Custom only, overrides guidance: one value per step, comma separated, "
                                 "first = first (noisiest) step."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Inpainting: 1 = regenerate. Every 16 px block with any masked pixel is "
+                              "regenerated; all other latents are kept exactly as the input (noised to each "
+                              "step's level). Same size as the latent: use Ideogram 4 Inpaint Crop's mask."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01, optional=True,
+                               tooltip="1 = from pure noise (text-to-image; inpainting from scratch). Lower keeps "
+                               "more of the input latent: as in KSampler, the last `steps` steps of a schedule "
+                               "of steps / denoise steps run."),
             ],
             outputs=[io.Latent.Output("samples", display_name="latent")],
         )
@@ -96,18 +125,19 @@ class Ideogram4Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, seed, preset, steps, mu, std, guidance, polish_guidance,
-                polish_steps, unconditional_model=None, guidance_list="") -> io.NodeOutput:
+                polish_steps, unconditional_model=None, guidance_list="", mask=None, denoise=1.0) -> io.NodeOutput:
         batch, _, grid_h, grid_w = latent["samples"].shape
         width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
         check_size(width, height)
+        init, tokens_mask = input_image(latent["samples"], mask, denoise)
         if preset == CUSTOM:
             if polish_steps > steps:
                 raise ValueError(f"polish_steps ({polish_steps}) cannot exceed steps ({steps}); set polish_steps "
                                  f"to 0-{steps} or raise steps")
             plan = custom_plan(width, height, steps, mu, std, guidance, polish_guidance, polish_steps,
-                               parse_guidance_list(guidance_list or "", steps))
+                               parse_guidance_list(guidance_list or "", steps), denoise=denoise)
         elif preset in PRESET_NAMES:
-            plan = preset_plan(PRESET_NAMES[preset], width, height)
+            plan = preset_plan(PRESET_NAMES[preset], width, height, denoise)
         else:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join([*PRESET_NAMES, CUSTOM])}")
 
@@ -145,6 +175,7 @@ class Ideogram4Sampler(io.ComfyNode):
             noise = initial_noise(batch, grid_h * grid_w, seed)
             with torch.inference_mode():
                 tokens = sample(cond, uncond, features, counts, grid_h, grid_w, plan, noise, callback=on_step,
-                                before_pass=before_pass, device=model.load_device)
+                                before_pass=before_pass, device=model.load_device, init_latents=init,
+                                mask=tokens_mask)
         samples = tokens_to_comfy(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples, "ideogram4": True})

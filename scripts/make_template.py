@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -277,6 +278,12 @@ def placeholder_model_files(host, api: dict) -> None:
         for name, _url, folder in MODEL_FILES.get(node["class_type"], []):
             if name in node["inputs"].values():
                 (host.models_dir / folder / name).touch()
+        # Load Image's picture, drawn in the thumbnail: ComfyUI's own input/example.png, which
+        # every ComfyUI install has (the editing templates start from it).
+        if node["class_type"] == "LoadImage" and node["inputs"].get("image") == "example.png":
+            from comfy_host import comfyui_dir
+
+            shutil.copyfile(comfyui_dir() / "input" / "example.png", host.input_dir / "example.png")
 
 
 def front_end_pass(host, ui: dict, thumbnail: Path | None) -> dict:

@@ -112,8 +112,8 @@ def test_img2img_starts_from_the_noised_input(dits):
 def test_denoise_near_zero_returns_the_input(dits):
     """At denoise 0.01 the loop starts at sigma 0.0094 (256x320, Default 20) and integrates only
     that far. The tiny random models' velocity is not x0 - noise (with guidance 7 it is ~10x the
-    latents), so the residue is ~sigma0 * |v|: measured mean |out - x0| 0.3% of the mean change at
-    denoise 1 (max 0.34 against 37). The bound allows 3x that."""
+    latents), so the residue is ~sigma0 * |v|: measured mean |out - x0| 0.061, 0.87% of the mean
+    change at denoise 1 (7.1; max 0.36 against 32). The bound allows ~3x that."""
     x0 = input_latent()
     plan = preset_plan("V4_DEFAULT_20", WIDTH, HEIGHT, 0.01)
     near = (run(dits, plan, init_latents=x0) - x0).abs()
@@ -121,7 +121,7 @@ def test_denoise_near_zero_returns_the_input(dits):
     ratio = (near.mean() / far.mean()).item()
     print(f"denoise 0.01: sigma0 {plan.sigmas[0].item():.4f}, |out - x0| mean {near.mean():.4f} max "
           f"{near.max():.3f}; denoise 1: mean {far.mean():.2f} max {far.max():.1f}; ratio {ratio:.4f}")
-    assert plan.sigmas[0] < 0.01 and ratio < 0.01
+    assert plan.sigmas[0] < 0.01 and ratio < 0.025
 
 
 def test_mask_keeps_the_noised_input_outside_at_every_step(dits):
@@ -220,9 +220,13 @@ def test_tiled_encoding(vaes):
 
 def test_size_modes():
     image = torch.rand(2, 300, 500, 3)
-    with pytest.raises(SizeError, match=r"500x300 px.*Nearest valid size: 496x304.*size_mode"):
+    with pytest.raises(SizeError, match=r"500x300 px.*Nearest valid size: 496x304.*'resize' \(scales it to "
+                                         r"496x304\) or 'crop' \(cuts it to 496x288\)"):
         fit_images(image, "refuse")
     assert fit_images(image, "resize").shape == (2, 304, 496, 3)
+    assert fit_images(torch.rand(1, 300, 400, 3), "resize").shape == (1, 304, 400, 3)
+    assert fit_images(torch.rand(1, 3000, 4000, 3), "resize").shape == (1, 1536, 2048, 3)  # aspect kept
+    assert fit_images(torch.rand(1, 100, 150, 3), "resize").shape == (1, 256, 384, 3)
     cropped = fit_images(image, "crop")
     assert cropped.shape == (2, 288, 496, 3) and torch.equal(cropped, image[:, 6:294, 2:498])  # no resampling
     small = fit_images(torch.rand(1, 100, 150, 3), "crop")  # below 256 px: scaled up (aspect kept), then cut

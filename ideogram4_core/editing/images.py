@@ -2,8 +2,8 @@
 
 Size modes for an image that is not a supported size (`fit_images`):
 - "refuse": a SizeError naming the rule broken and the nearest valid size;
-- "resize": scaled to the nearest valid size (`sizes.nearest_valid_size`; the aspect ratio moves by
-  at most one 16 px step per side);
+- "resize": scaled into 256-2048 px keeping the aspect ratio, then each side rounded to a multiple
+  of 16 (`resize_size`; the aspect ratio moves by at most one 16 px step per side);
 - "crop": cut to multiples of 16 around the centre, keeping pixels as they are; beyond 6:1 the long
   side is cut to 6:1 first, and a side outside 256-2048 px is scaled into it keeping the aspect
   ratio (the only case that resamples).
@@ -78,6 +78,17 @@ def crop_plan(width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]
     return aspect, scaled, final
 
 
+def resize_size(width: int, height: int) -> tuple[int, int]:
+    """The size "resize" scales to: the aspect ratio kept while bringing the sides into
+    256-2048 px, then `sizes.nearest_valid_size` (which also widens beyond 6:1)."""
+    scale = 1.0
+    if max(width, height) > MAX_SIDE:
+        scale = MAX_SIDE / max(width, height)
+    if min(width, height) * scale < MIN_SIDE:
+        scale = min(MIN_SIDE / min(width, height), MAX_SIDE / max(width, height))
+    return nearest_valid_size(round(width * scale), round(height * scale))
+
+
 def fit_images(images: torch.Tensor, mode: str) -> torch.Tensor:
     """(B, H, W, 3) to a supported size by `mode` (see the module docstring)."""
     if mode not in SIZE_MODES:
@@ -87,11 +98,12 @@ def fit_images(images: torch.Tensor, mode: str) -> torch.Tensor:
         try:
             check_size(width, height)
         except SizeError as err:
+            (rw, rh), (cw, ch) = resize_size(width, height), crop_plan(width, height)[2]
             raise SizeError(f"the image is {width}x{height} px, which Ideogram 4 cannot sample: {err} Set "
-                            "size_mode to 'resize' (scale to that size) or 'crop' (cut to a multiple of 16) "
+                            f"size_mode to 'resize' (scales it to {rw}x{rh}) or 'crop' (cuts it to {cw}x{ch}) "
                             "to fit it.") from None
         return images
     if mode == "resize":
-        return resize_images(images, *nearest_valid_size(width, height))
+        return resize_images(images, *resize_size(width, height))
     aspect, scaled, final = crop_plan(width, height)
     return center_crop(resize_images(center_crop(images, *aspect), *scaled), *final)

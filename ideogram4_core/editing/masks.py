@@ -38,9 +38,12 @@ def check_pair(images: torch.Tensor, mask: torch.Tensor, what: str = "image") ->
     """The mask must have the image's size and a batch of 1 or the image's batch."""
     (b, h, w), (mb, mh, mw) = images.shape[:3], mask.shape
     if (mh, mw) != (h, w):
-        raise MaskError(f"the mask is {mw}x{mh} px but the {what} is {w}x{h} px: they must be the same size. "
-                        "Use the mask that came with the image (Load Image's MASK output, or Ideogram 4 "
-                        "Inpaint Crop / Outpaint Pad, which output both at the same size).")
+        hint = ("Use the mask that came with the image (Load Image's MASK output, or Ideogram 4 Inpaint Crop / "
+                "Outpaint Pad, which output both at the same size).")
+        if (mh, mw) == (64, 64) and not bool(mask.any()):
+            hint = ("This is the empty 64x64 mask Load Image gives for a picture without transparency: paint the "
+                    "area to change (right-click Load Image: Open in MaskEditor) or load a PNG with an alpha mask.")
+        raise MaskError(f"the mask is {mw}x{mh} px but the {what} is {w}x{h} px: they must be the same size. {hint}")
     if mb not in (1, b):
         raise MaskError(f"{mb} masks for a batch of {b} images: give one mask, or one per image")
 
