@@ -110,7 +110,8 @@ class Ideogram4Sampler(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Inpainting: 1 = regenerate. Every 16 px block with any masked pixel is "
                               "regenerated; all other latents are kept exactly as the input (noised to each "
-                              "step's level). Same size as the latent: use Ideogram 4 Inpaint Crop's mask."),
+                              "step's level). Same size as the latent: use Ideogram 4 Inpaint Crop's mask. "
+                              "A mask set on the latent by ComfyUI's Set Latent Noise Mask is used as well."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01, optional=True,
                                tooltip="1 = from pure noise (text-to-image; inpainting from scratch). Lower keeps "
                                "more of the input latent: as in KSampler, the last `steps` steps of a schedule "
@@ -129,6 +130,8 @@ class Ideogram4Sampler(io.ComfyNode):
         batch, _, grid_h, grid_w = latent["samples"].shape
         width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
         check_size(width, height)
+        if mask is None:  # ComfyUI's Set Latent Noise Mask puts it into the latent, for KSampler
+            mask = latent.get("noise_mask")
         init, tokens_mask = input_image(latent["samples"], mask, denoise)
         if preset == CUSTOM:
             if polish_steps > steps:

@@ -151,6 +151,22 @@ def test_mask_keeps_the_input_latents_outside(server, denoise):
     assert (out[..., ~keep] - encoded[..., ~keep]).abs().mean() > 0.05
 
 
+def test_set_latent_noise_mask_drives_the_sampler_like_its_mask_input(server):
+    """ComfyUI's own Set Latent Noise Mask (what KSampler users reach for) gives the same latent as
+    the sampler's mask input."""
+    host = server
+    write_png(host, "edit_hole2.png", picture(*SIZE, seed=8), hole=(16, 16, 80, 48))
+    inpaint = {"mode": "whole image", "resolution": 0}
+    expected, _ = latents(host, host.run(editing_prompt("edit_hole2.png", 36, "mask_input", inpaint=inpaint),
+                                         timeout=600), "mask_input")
+    prompt = editing_prompt("edit_hole2.png", 36, "noise_mask", inpaint=inpaint)
+    del prompt["5"]["inputs"]["mask"]
+    prompt["28"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["22", 0], "mask": ["21", 1]}}
+    prompt["5"]["inputs"]["latent"] = ["28", 0]
+    got, _ = latents(host, host.run(prompt, timeout=600), "noise_mask")
+    assert torch.equal(got, expected)
+
+
 def test_crop_and_stitch_leave_everything_outside_untouched(server):
     host = server
     rgb = picture(384, 320, seed=3)
