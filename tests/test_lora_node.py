@@ -74,6 +74,11 @@ def test_unconditional_model_is_patched_only_when_asked(report):
     assert r["uncond_untouched"] and r["cond_patched"] == 12 and r["uncond_patched_when_asked"] == 12
 
 
+def test_converted_files_are_cached_until_they_change_on_disk(report):
+    r = record(report, case="cache")
+    assert r["same_object"] and r["reread_after_change"]
+
+
 def test_bad_files_give_clear_errors(report):
     errors = report["errors"]
     assert "is not an Ideogram 4 LoRA" in errors["flux.safetensors"]

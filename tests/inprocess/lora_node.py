@@ -7,6 +7,7 @@ ComfyUI places each MODEL with its own `load_models_gpu` (on the CPU here), whic
 of float layers and attaches the per-call patches of FP8 / NF4 layers (nodes/patcher.py)."""
 
 import importlib
+import os
 from pathlib import Path
 
 import torch
@@ -171,6 +172,15 @@ cond_out, uncond_out = node_chain(base, "kohya", uncond=uncond)
 both_cond, both_uncond = node_chain(base, "kohya", uncond=uncond, strength_uncond=0.5)
 records.append(dict(case="branches", uncond_untouched=uncond_out is uncond, cond_patched=len(cond_out.patches),
                     uncond_patched_when_asked=len(both_uncond.patches)))
+
+# The converted file is cached; a file replaced on disk is read again.
+kohya_path = loras_dir / "kohya.safetensors"
+shapes = pack_module("ideogram4_core.lora").linear_shapes(comfy_model.unwrap_dit(base))
+first, again = lora_node.cached_lora(kohya_path, shapes), lora_node.cached_lora(kohya_path, shapes)
+stat = kohya_path.stat()
+os.utime(kohya_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+records.append(dict(case="cache", same_object=first is again,
+                    reread_after_change=lora_node.cached_lora(kohya_path, shapes) is not first))
 
 errors = {}
 (loras_dir / "flux.safetensors").write_bytes(b"")
