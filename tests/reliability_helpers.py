@@ -4,10 +4,12 @@ full-size random VAE decode is the costly part of a tiny run), reading results a
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 from safetensors.torch import load_file
 
+from comfy_host import ComfyHost
 from server_models import COND_FILE, TEXT_ENCODER_FOLDER, UNCOND_FILE, VAE_FILE
 from test_server_e2e import tiny_prompt
 
@@ -83,6 +85,19 @@ def link_tiny_models(source, target) -> None:
     for folder, names in TINY_MODEL_NAMES.items():
         for name in names:
             (target.models_dir / folder / name).symlink_to(source.models_dir / folder / name)
+
+
+@contextmanager
+def fault_host(shared, faults: str):
+    """A server of its own with the test fault hook armed (``IDEOGRAM4_TEST_FAULT``), seeing the
+    shared server's tiny models, so the faults never touch the shared one."""
+    host = ComfyHost(env={"IDEOGRAM4_TEST_FAULT": faults})
+    link_tiny_models(shared, host)
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()
 
 
 def wait_idle(host, timeout: float = 120) -> None:

@@ -21,8 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_host import ComfyHost
-from reliability_helpers import execution_error, image_prompt, latent_prompt, link_tiny_models, read_latent, saved
+from reliability_helpers import execution_error, fault_host, image_prompt, latent_prompt, read_latent, saved
 
 FAULTS = "oom_in_load,cpu_oom_in_encode,oom_in_step:3,oom_in_decode:2"
 MiB = 2**20
@@ -85,14 +84,8 @@ def test_fault_spec_parsing_and_one_shot(monkeypatch):
 
 @pytest.fixture(scope="module")
 def faulty_server(tiny_server):
-    shared, _ = tiny_server
-    host = ComfyHost(env={"IDEOGRAM4_TEST_FAULT": FAULTS})
-    link_tiny_models(shared, host)
-    host.start()
-    try:
+    with fault_host(tiny_server[0], FAULTS) as host:
         yield host
-    finally:
-        host.stop()
 
 
 def _stage(message: str) -> str:

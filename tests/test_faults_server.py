@@ -19,8 +19,7 @@ import shutil
 import pytest
 import torch
 
-from comfy_host import ComfyHost
-from reliability_helpers import (cached_nodes, image_prompt, latent_prompt, link_tiny_models, messages, read_latent,
+from reliability_helpers import (cached_nodes, fault_host, image_prompt, latent_prompt, messages, read_latent,
                                  saved, wait_idle)
 from server_models import COND_FILE, UNCOND_FILE
 
@@ -29,14 +28,8 @@ CANCEL_FAULTS = "await_cancel_in_step:3,await_cancel_in_decode"
 
 @pytest.fixture(scope="module")
 def cancel_server(tiny_server):
-    shared, _ = tiny_server
-    host = ComfyHost(env={"IDEOGRAM4_TEST_FAULT": CANCEL_FAULTS})
-    link_tiny_models(shared, host)
-    host.start()
-    try:
+    with fault_host(tiny_server[0], CANCEL_FAULTS) as host:
         yield host
-    finally:
-        host.stop()
 
 
 def two_step(prompt: dict) -> dict:
