@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -357,6 +358,11 @@ def test_front_end_loads_each_ui_template_into_its_api_twin(comfy):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("IDEOGRAM4_REQUIRE_COMFYUI"):
             pytest.fail(reason + " — required under CI", pytrace=False)
         pytest.skip(reason)
+    # The editing templates start from ComfyUI's own input/example.png, which every install has but
+    # a test server's fresh input folder lacks; front end 1.49.6 flags Load Image's missing file.
+    shipped = comfy.comfy_dir / "input" / "example.png"
+    if shipped.is_file() and not (comfy.input_dir / "example.png").exists():
+        shutil.copyfile(shipped, comfy.input_dir / "example.png")
     with sync_playwright() as p:
         browser = launch(p)
         try:
