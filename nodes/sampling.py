@@ -164,12 +164,17 @@ class Ideogram4Sampler(io.ComfyNode):
 
             def on_step(step):
                 faults.fault_point("step", step.index + 1)  # test-only, inert unless IDEOGRAM4_TEST_FAULT is set
+                # Checked here, not left to the progress hook: ComfyUI 0.33's progress bar drops
+                # updates without a preview that come within 100 ms of the last one, hook included.
+                comfy.model_management.throw_exception_if_processing_interrupted()
                 x0 = tokens_to_comfy(step.denoised, grid_h, grid_w)
-                previewer(step.index, x0, tokens_to_comfy(step.latents, grid_h, grid_w), step.total)  # checks Cancel
+                previewer(step.index, x0, tokens_to_comfy(step.latents, grid_h, grid_w), step.total)
 
             by_model = {id(cond): model, id(uncond): unconditional_model}
 
             def before_pass(dit):
+                # Cancel also stops a step between its two model passes (each is long on a real model).
+                comfy.model_management.throw_exception_if_processing_interrupted()
                 # A no-op while both stay placed; reloads one that something evicted meanwhile.
                 patcher = by_model[id(dit)]
                 if patcher not in comfy.model_management.loaded_models():

@@ -4,11 +4,12 @@ replaced on disk between runs is noticed (the loaders' fingerprint is size + mti
 run uses the new weights.
 
 The Cancel tests run on a server of their own, started with the pack's test-only fault hook
-(nodes/faults.py) `IDEOGRAM4_TEST_FAULT=await_cancel_in_step:3,await_cancel_in_decode`: step 3 of
+(nodes/faults.py) `IDEOGRAM4_TEST_FAULT=await_cancel_in_step:2,await_cancel_in_decode`: step 2 of
 every sampling run, and every decode as its full-resolution level starts, wait until Cancel was
 pressed. So the press lands while that stage is in flight however slowly the machine runs, and
-what ran after it can be counted exactly. Prompts that must run to the end use 2 steps and stop
-at the latent, so they never reach either point.
+what ran after it can be counted exactly. The press follows step 1's progress report, the one
+report every host sends (ComfyUI 0.33 drops later ones that come within 100 ms). Prompts that must
+run to the end use 1 step and stop at the latent, so they never reach either point.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from reliability_helpers import (cached_nodes, fault_host, image_prompt, latent_
                                  saved, wait_idle)
 from server_models import COND_FILE, UNCOND_FILE
 
-CANCEL_FAULTS = "await_cancel_in_step:3,await_cancel_in_decode"
+CANCEL_FAULTS = "await_cancel_in_step:2,await_cancel_in_decode"
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +33,17 @@ def cancel_server(tiny_server):
         yield host
 
 
-def two_step(prompt: dict) -> dict:
-    """The Custom preset with 2 steps: never reaches the step-3 wait."""
-    prompt["5"]["inputs"].update(preset="Custom", steps=2, polish_steps=1)
+def one_step(prompt: dict) -> dict:
+    """The Custom preset with 1 step: never reaches the step-2 wait."""
+    prompt["5"]["inputs"].update(preset="Custom", steps=1, polish_steps=1)
     return prompt
 
 
 def check_ready(host, shared, seed: int, prefix: str) -> None:
     """The next prompt runs to the end with exactly the latent the shared server gives."""
-    entry = host.run(two_step(latent_prompt(seed=seed, prefix=prefix)), timeout=600)
+    entry = host.run(one_step(latent_prompt(seed=seed, prefix=prefix)), timeout=600)
     assert "execution_interrupted" not in messages(entry), entry["status"]
-    reference = shared.run(two_step(latent_prompt(seed=seed, prefix=prefix + "_ref")), timeout=600)
+    reference = shared.run(one_step(latent_prompt(seed=seed, prefix=prefix + "_ref")), timeout=600)
     assert torch.equal(read_latent(host, entry), read_latent(shared, reference))
 
 
@@ -55,13 +56,13 @@ def test_cancel_mid_sampling_stops_within_one_step_then_next_prompt_succeeds(can
         for kind, msg in ws.messages(until_prompt_done=prompt_id, timeout=600):
             if kind == "json" and msg.get("type") == "progress" and msg["data"].get("node") == "5":
                 reported.append(msg["data"]["value"])
-                if msg["data"]["value"] == 2:
-                    host.interrupt()  # what the Cancel button sends; step 3 is in flight (it waits for it)
+                if msg["data"]["value"] == 1:
+                    host.interrupt()  # what the Cancel button sends; step 2 is in flight (it waits for it)
     entry = host.wait_for(prompt_id, timeout=600)
     assert entry["status"]["status_str"] == "error" and "execution_interrupted" in messages(entry), entry["status"]
-    # Cancel is checked at every step's report: step 3, in flight at the press, finished its model
-    # calls and stopped at its report; no step after it ran or reported.
-    assert reported == [1, 2], reported
+    # Cancel is checked at every step's end: step 2, in flight at the press, finished its model
+    # calls and stopped before reporting; no step after it ran or reported.
+    assert reported == [1], reported
     assert not host.output_files(entry), "a cancelled run must not save anything"
     check_ready(host, shared, seed=6, prefix="after_cancel")
 
@@ -70,7 +71,7 @@ def test_cancel_while_decoding_stops_within_a_stage(cancel_server, tiny_server):
     host, shared = cancel_server, tiny_server[0]
     wait_idle(host)
     with host.websocket() as ws:
-        prompt_id = host.post_prompt(two_step(image_prompt(seed=51, prefix="cancel_decode")))
+        prompt_id = host.post_prompt(one_step(image_prompt(seed=51, prefix="cancel_decode")))
         pressed = False
         for kind, msg in ws.messages(until_prompt_done=prompt_id, timeout=600):
             if kind == "json" and msg["type"] == "executing" and msg["data"].get("node") == "7" and not pressed:
@@ -87,7 +88,7 @@ def test_cancel_queued_prompt_and_cancel_while_idle(cancel_server, tiny_server):
     host, shared = cancel_server, tiny_server[0]
     wait_idle(host)
     with host.websocket() as ws:
-        running = host.post_prompt(latent_prompt(seed=53, prefix="cancel_running"))  # waits at step 3
+        running = host.post_prompt(latent_prompt(seed=53, prefix="cancel_running"))  # waits at step 2
         queued = host.post_prompt(latent_prompt(seed=54, prefix="cancel_queued"))
         for kind, msg in ws.messages(until_prompt_done=running, timeout=600):
             if kind == "json" and msg.get("type") == "progress" and msg["data"].get("node") == "5":
