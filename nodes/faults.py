@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from typing import NamedTuple
@@ -88,6 +89,8 @@ def fault_point(stage: str, step: int | None = None) -> None:
     with _lock:
         _reached[stage] = _reached.get(stage, 0) + 1
         count = step if step is not None else _reached[stage]
+        # The log shows each point reached, so a test can tell which steps ran, reported or not.
+        print(f"[{ENV}] reached {stage} {count}", file=sys.stderr, flush=True)
         due = [f for f in faults if f.stage == stage and
                (count == f.n if f.n is not None else f.kind == "await_cancel" or count == 1)]
         for f in due:
