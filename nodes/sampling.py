@@ -15,7 +15,7 @@ from ..ideogram4_core.editing.masks import token_mask
 from ..ideogram4_core.latents import comfy_to_tokens, tokens_to_comfy
 from ..ideogram4_core.memory import dit_inference_bytes
 from ..ideogram4_core.sampling.sampler import initial_noise, sample
-from ..ideogram4_core.sampling.schedule import PRESETS, custom_plan, preset_plan
+from ..ideogram4_core.sampling.schedule import custom_plan, preset_plan
 from ..ideogram4_core.sizes import check_size
 from . import faults
 from .comfy_model import unwrap_dit

@@ -99,6 +99,22 @@ def tiny_qwen3vl(hidden: int = 16, seed: int = 0):
     return Qwen3VLModel(config).eval()
 
 
+def reference_token_count(tokenizer, caption: str) -> int:
+    """The caption's length in the reference tokenizer once framed as the pipeline frames it: the
+    `max_sequence_length` that makes diffusers encode it with no padding."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
+                                         add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def reference_features(pipe, caption: str, grid_h: int, grid_w: int):
+    """diffusers' text features for `caption` (its text rows only) and their count."""
+    n = reference_token_count(pipe.tokenizer, caption)
+    with torch.no_grad():
+        packed = pipe.encode_prompt(caption, grid_h, grid_w, max_sequence_length=n, device=torch.device("cpu"))[0]
+    return packed[:, :n], n  # diffusers returns them already packed over text + image rows
+
+
 def tiny_flux2_vae():
     from diffusers import AutoencoderKLFlux2
 

@@ -5,13 +5,12 @@ fail under CI (``CI=true``) or with ``IDEOGRAM4_REQUIRE_COMFYUI=1``: CI must alw
 """
 from __future__ import annotations
 
-import os
 import struct
 import time
 
 import pytest
 
-from comfy_host import PACK_NAME, ComfyHost, comfyui_version, require_comfyui
+from comfy_host import ComfyHost, comfyui_version, require_comfyui
 
 
 @pytest.fixture(scope="module")

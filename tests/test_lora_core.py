@@ -24,7 +24,7 @@ from ideogram4_core.model.packing import conditional_layout, pack_image_tokens, 
 from ideogram4_core.sampling.sampler import initial_noise, sample
 from ideogram4_core.sampling.schedule import PRESETS, preset_plan
 from ideogram4_core.sizes import latent_grid
-from oracle_models import TINY, model_pair, oracle_pipeline, ours_from
+from oracle_models import TINY, model_pair, oracle_pipeline, ours_from, reference_features
 
 FORWARD_TOL = 1e-5
 LOOP_TOL = 1e-4
@@ -125,15 +125,6 @@ def test_two_chained_loras_equal_two_adapters(models, pipe):
 CAPTION = '{"high_level_description":"a red fox","compositional_deconstruction":{"background":"snow","elements":[]}}'
 
 
-def _caption_features(pipe, grid_h, grid_w):
-    text = pipe.tokenizer.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": CAPTION}]}], add_generation_prompt=True, tokenize=False)
-    n = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-    with torch.no_grad():
-        packed = pipe.encode_prompt(CAPTION, grid_h, grid_w, max_sequence_length=n, device=torch.device("cpu"))[0]
-    return packed[:, :n], n
-
-
 @pytest.mark.parametrize("case", ["ai_toolkit", "onetrainer_half", "two_chained"])
 def test_sampling_loop_equals_pipeline_with_lora_on_transformer_only(models, pipe, case):
     """The loop with the LoRA on the conditional model only (our node's default strengths 1 / 0),
@@ -141,7 +132,7 @@ def test_sampling_loop_equals_pipeline_with_lora_on_transformer_only(models, pip
     _, cond, uncond = models
     width, height, preset, seed = 256, 256, "V4_TURBO_12", 7
     grid_h, grid_w = latent_grid(width, height)
-    feats, n = _caption_features(pipe, grid_h, grid_w)
+    feats, n = reference_features(pipe, CAPTION, grid_h, grid_w)
     first, second = lf.fused_update(TINY, seed=4), lf.split_update(TINY, seed=5)
     loras = {"ai_toolkit": [("ai_toolkit", first, 1.0)], "onetrainer_half": [("onetrainer", second, 0.5)],
              "two_chained": [("ai_toolkit", first, 1.0), ("onetrainer", second, 0.5)]}[case]

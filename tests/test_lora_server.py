@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import lora_fixtures as lf
 from server_models import TINY_DIT, oracle_pipeline
-from test_server_e2e import SIZE, run_image, run_latent, tiny_prompt
+from test_server_e2e import SIZE, render, run_image, run_latent, tiny_prompt
 
 CAPTION_NODE = "3"
 
@@ -43,17 +43,10 @@ def expected_image(models, caption: str, loras: list[tuple[dict, float]], seed: 
             pipe.load_lora_weights(lf.oracle_state(update), adapter_name=f"a{i}")
         if loras:
             pipe.set_adapters([f"a{i}" for i in range(len(loras))], adapter_weights=[s for _, s in loras])
-        text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
-                                                  add_generation_prompt=True, tokenize=False)
-        n_tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-        with torch.no_grad():
-            image = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=12,
-                         guidance_schedule=[7.0] * 11 + [3.0], mu=0.5, std=1.75, max_sequence_length=n_tokens,
-                         generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+        return render(pipe, caption, seed)
     finally:
         if loras:
             pipe.unload_lora_weights()  # the session's models are shared with other tests
-    return np.clip(255.0 * image, 0, 255).astype(np.uint8)
 
 
 def caption_of(host, prompt) -> dict:
@@ -155,14 +148,8 @@ def test_lora_turbo_template_twin_runs_without_the_unconditional_model(tiny_serv
     pipe = oracle_pipeline(models)
     try:
         pipe.load_lora_weights(lf.oracle_state(update), adapter_name="turbo")
-        text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
-                                                  add_generation_prompt=True, tokenize=False)
-        n_tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-        with torch.no_grad():
-            image = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=sampler["steps"],
-                         guidance_schedule=[1.0] * sampler["steps"], mu=sampler["mu"], std=sampler["std"],
-                         max_sequence_length=n_tokens, generator=torch.Generator("cpu").manual_seed(sampler["seed"]),
-                         output_type="np").images[0]
+        expected = render(pipe, caption, sampler["seed"], steps=sampler["steps"], guidance=[1.0] * sampler["steps"],
+                          mu=sampler["mu"], std=sampler["std"])
     finally:
         pipe.unload_lora_weights()
-    compare(got, np.clip(255.0 * image, 0, 255).astype(np.uint8), "turbo template (cond only, 8 steps)")
+    compare(got, expected, "turbo template (cond only, 8 steps)")

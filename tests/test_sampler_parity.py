@@ -14,7 +14,7 @@ import torch
 from ideogram4_core.sampling.sampler import SamplingCancelled, initial_noise, sample
 from ideogram4_core.sampling.schedule import PRESETS, preset_plan
 from ideogram4_core.sizes import latent_grid
-from oracle_models import model_pair, oracle_pipeline, ours_from
+from oracle_models import model_pair, oracle_pipeline, reference_features
 
 CAPTION = '{"high_level_description":"a red fox","compositional_deconstruction":{"background":"snow","elements":[]}}'
 WIDTH, HEIGHT = 256, 320  # smallest legal sizes keep the loop fast; non-square catches transposes
@@ -27,22 +27,12 @@ def models():
     return oracle_pipeline(cond_ref, uncond_ref), cond, uncond
 
 
-def _caption_features(pipe, grid_h, grid_w):
-    text = pipe.tokenizer.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": CAPTION}]}], add_generation_prompt=True, tokenize=False
-    )
-    n = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
-    with torch.no_grad():
-        packed = pipe.encode_prompt(CAPTION, grid_h, grid_w, max_sequence_length=n, device=torch.device("cpu"))[0]
-    return packed[:, :n], n  # diffusers returns them already packed over text + image rows
-
-
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_loop_matches_diffusers_pipeline(models, preset):
     pipe, cond, uncond = models
     p, seed = PRESETS[preset], 1234
     grid_h, grid_w = latent_grid(WIDTH, HEIGHT)
-    feats, n = _caption_features(pipe, grid_h, grid_w)
+    feats, n = reference_features(pipe, CAPTION, grid_h, grid_w)
 
     expected = pipe(
         CAPTION, height=HEIGHT, width=WIDTH, num_inference_steps=p.steps, guidance_schedule=p.guidance_schedule(),
@@ -101,7 +91,7 @@ def test_cond_only_sampling_matches_diffusers_at_guidance_1(models):
     pipe, cond, uncond = models
     plan = preset_plan("V4_TURBO_12", WIDTH, HEIGHT)
     grid_h, grid_w = latent_grid(WIDTH, HEIGHT)
-    feats, n = _caption_features(pipe, grid_h, grid_w)
+    feats, n = reference_features(pipe, CAPTION, grid_h, grid_w)
     seed = 3
     expected = pipe(
         CAPTION, height=HEIGHT, width=WIDTH, num_inference_steps=plan.steps, guidance_scale=1.0,

@@ -27,6 +27,7 @@ from ideogram4_core.sampling.sampler import initial_noise, sample
 from ideogram4_core.sampling.schedule import preset_plan
 from ideogram4_core.sizes import latent_grid
 from reliability_helpers import latent_prompt, read_latent, saved
+from oracle_models import reference_token_count
 from server_models import COND_FILE, UNCOND_FILE, oracle_pipeline
 from test_server_e2e import SIZE, tiny_prompt
 
@@ -43,13 +44,6 @@ def with_caption_preview(prompt: dict) -> dict:
 
 def caption_of(entry) -> str:
     return entry["outputs"]["98"]["text"][0]
-
-
-def token_count(pipe, caption: str) -> int:
-    """The framed caption's length in the reference tokenizer (no padding: max_sequence_length)."""
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
-                                              add_generation_prompt=True, tokenize=False)
-    return len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def images_of(host, entry) -> np.ndarray:
@@ -78,7 +72,7 @@ def test_batch_of_two_matches_diffusers_num_images_per_prompt(tiny_server):
     caption = caption_of(entry)
 
     pipe = oracle_pipeline(models)
-    n = token_count(pipe, caption)
+    n = reference_token_count(pipe.tokenizer, caption)
     with torch.no_grad():
         common = dict(height=SIZE[1], width=SIZE[0], num_images_per_prompt=2, max_sequence_length=n, **TURBO)
         latents = pipe(caption, generator=torch.Generator("cpu").manual_seed(17), output_type="latent",
@@ -114,7 +108,7 @@ def test_bf16_end_to_end_against_diffusers_in_bf16(tiny_server):
     bf16.text_encoder = copy.deepcopy(models.text_encoder).to(torch.bfloat16)
     pipe = oracle_pipeline(bf16)
     fp32_pipe = oracle_pipeline(models)
-    n = token_count(pipe, caption)
+    n = reference_token_count(pipe.tokenizer, caption)
     with torch.no_grad():
         common = dict(height=SIZE[1], width=SIZE[0], max_sequence_length=n, output_type="np", **TURBO)
         expected = pipe(caption, generator=torch.Generator("cpu").manual_seed(19), **common).images[0]
@@ -182,7 +176,7 @@ def test_loader_quantization_setting(tiny_server, quantization):
                     for name in (COND_FILE, UNCOND_FILE))
     pipe = oracle_pipeline(models)
     caption = caption_of(entry)
-    n = token_count(pipe, caption)
+    n = reference_token_count(pipe.tokenizer, caption)
     grid_h, grid_w = latent_grid(*SIZE)
     with torch.no_grad():
         feats = pipe.encode_prompt(caption, grid_h, grid_w, max_sequence_length=n, device=torch.device("cpu"))[0][:, :n]
@@ -199,5 +193,5 @@ def test_token_count_output(tiny_server):
     entry = host.run(with_caption_preview(latent_prompt(seed=31, prefix="token_count")), timeout=600)
     assert entry["status"]["status_str"] == "success", host.log_tail()
     count = int(entry["outputs"]["99"]["text"][0])
-    assert count == token_count(oracle_pipeline(models), caption_of(entry))
+    assert count == reference_token_count(oracle_pipeline(models).tokenizer, caption_of(entry))
     assert count > 20  # the framed caption, not a placeholder

@@ -3,17 +3,15 @@ Ideogram4Pipeline with the very same weights, caption, size, preset and seed."""
 
 from __future__ import annotations
 
-import copy
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from oracle_models import reference_token_count
 from server_models import COND_FILE, TEXT_ENCODER_FOLDER, UNCOND_FILE, VAE_FILE, oracle_pipeline
 
 API_WORKFLOW = Path(__file__).parent.parent / "api_workflows" / "image_ideogram4_t2i_api.json"
@@ -39,18 +37,21 @@ def run_image(host, prompt) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def oracle_image(models, caption: str, seed: int) -> np.ndarray:
-    """diffusers' Ideogram4Pipeline on the very string given, Turbo 12, as 8-bit levels the way
-    SaveImage stores them (floor(255 * x))."""
-    pipe = oracle_pipeline(models)
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
-                                              add_generation_prompt=True, tokenize=False)
-    n_tokens = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+def render(pipe, caption: str, seed: int, steps: int = 12, guidance: list[float] | None = None,
+           mu: float = 0.5, std: float = 1.75) -> np.ndarray:
+    """`pipe` (a diffusers Ideogram4Pipeline) on the very string given at SIZE, Turbo 12 unless told
+    otherwise, as 8-bit levels the way SaveImage stores them (floor(255 * x))."""
+    n_tokens = reference_token_count(pipe.tokenizer, caption)
     with torch.no_grad():
-        expected = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=12,
-                        guidance_schedule=[7.0] * 11 + [3.0], mu=0.5, std=1.75, max_sequence_length=n_tokens,
-                        generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+        expected = pipe(caption, height=SIZE[1], width=SIZE[0], num_inference_steps=steps,
+                        guidance_schedule=guidance or [7.0] * 11 + [3.0], mu=mu, std=std,
+                        max_sequence_length=n_tokens, generator=torch.Generator("cpu").manual_seed(seed),
+                        output_type="np").images[0]
     return np.clip(255.0 * expected, 0, 255).astype(np.uint8)
+
+
+def oracle_image(models, caption: str, seed: int) -> np.ndarray:
+    return render(oracle_pipeline(models), caption, seed)
 
 
 def assert_same_image(got: np.ndarray, expected_u8: np.ndarray, what: str) -> None:
@@ -167,9 +168,7 @@ def test_native_ksampler_matches_our_sampler_at_cfg_1(tiny_server):
 
     caption = entry["outputs"]["12"]["text"][0]
     pipe = oracle_pipeline(models)
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": caption}]}],
-                                              add_generation_prompt=True, tokenize=False)
-    n = len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+    n = reference_token_count(pipe.tokenizer, caption)
     grid_h, grid_w = latent_grid(*SIZE)
     noise = torch.randn((1, 128, grid_h, grid_w), generator=torch.Generator().manual_seed(3))
     plan = SamplingPlan(torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), (1.0,) * 4)
