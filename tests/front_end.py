@@ -78,9 +78,17 @@ def launch(playwright):
 HANG_GUARD_MS = 600_000
 
 
+# The front end's start-up opens a first workflow (the default graph) after `window.app` exists, and
+# that load replaces whatever graph is open: a test that builds its graph before it ends can lose it
+# on a loaded machine. The active workflow is set once that first load is done (1.32.9 to 1.58.1).
+STARTUP_DONE = "() => !!window.app?.extensionManager?.workflow?.activeWorkflow"
+
+
 def open_app(page, url: str, ready: str = APP_READY, timeout_ms: int = HANG_GUARD_MS) -> None:
+    page.set_default_timeout(timeout_ms)  # every later wait, click and navigation of this page too
     page.goto(url)
     page.wait_for_function(ready, timeout=timeout_ms)
+    page.wait_for_function(STARTUP_DONE, timeout=timeout_ms)
 
 
 def required(reason: str) -> None:

@@ -71,6 +71,23 @@ def open_app(page, url: str) -> None:
     open_page(page, url, OPEN_APP)
 
 
+# The canvas's place on the page, once it has kept it for 5 frames in a row: a gesture aimed at it
+# before the front end has applied the zoom, or laid out a panel, would miss it.
+CANVAS_SETTLED = """() => {
+    const c = document.querySelector('[data-role=canvas]');
+    if (!c) return false;
+    const r = c.getBoundingClientRect(), key = [r.x, r.y, r.width, r.height].join();
+    const last = window.__i4Settle, frames = last && last.key === key ? last.frames + 1 : 0;
+    window.__i4Settle = {key, frames};
+    return r.width > 100 && frames >= 5 && {x: r.x, y: r.y, width: r.width, height: r.height};
+}"""
+
+
+def settled_box(page) -> dict:
+    page.evaluate("() => { window.__i4Settle = null; }")
+    return page.wait_for_function(CANVAS_SETTLED).json_value()  # polled once per animation frame
+
+
 def drag(page, start, end, steps=8) -> None:
     page.mouse.move(*start)
     page.mouse.down()
@@ -111,7 +128,7 @@ def test_draw_pick_queue_reload(hosts, browser, version, mode):
         canvas.wait_for(state="visible")
         page.wait_for_function("""() => { const c = document.querySelector('[data-role=canvas]');
             const r = c.getBoundingClientRect(); return r.width > 100 && Math.abs(r.width / r.height - 1.5) < 0.02; }""")
-        box = canvas.bounding_box()
+        box = settled_box(page)
 
         # Draw the box bottom-right to top-left: the widget must still write min before max.
         start = (box["x"] + 0.81 * box["width"], box["y"] + 0.72 * box["height"])
@@ -239,7 +256,7 @@ def test_import_validate_move_resize_nudge(hosts, browser, version, mode):
         page.evaluate(SET_WIDGET, [builder_id, "layout", '{"elements": [ broken'])
         page.evaluate("(id) => app.graph.getNodeById(id).ideogram4Editor.sync(true)", builder_id)
         assert page.evaluate(STATUS, builder_id).startswith("⚠ layout is not valid JSON"), page.evaluate(STATUS, builder_id)
-        box = canvas.bounding_box()
+        box = settled_box(page)
         drag(page, (box["x"] + 0.1 * box["width"], box["y"] + 0.1 * box["height"]),
              (box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"]))
         assert page.evaluate(LAYOUT, builder_id) == '{"elements": [ broken'
@@ -249,7 +266,7 @@ def test_import_validate_move_resize_nudge(hosts, browser, version, mode):
         # Draw, then move by the body, resize by the south-east handle, nudge with the keys. The
         # canvas is measured before each gesture: the panel of a selected box can shift it.
         def frame():
-            box = canvas.bounding_box()
+            box = settled_box(page)
             return (lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"]),
                     lambda y: grid(y, box["y"], box["height"]), lambda x: grid(x, box["x"], box["width"]))
 
