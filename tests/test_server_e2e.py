@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from oracle_models import reference_token_count
+from oracle_models import reference_features, reference_token_count
 from server_models import COND_FILE, TEXT_ENCODER_FOLDER, UNCOND_FILE, VAE_FILE, oracle_pipeline
 
 API_WORKFLOW = Path(__file__).parent.parent / "api_workflows" / "image_ideogram4_t2i_api.json"
@@ -168,12 +168,11 @@ def test_native_ksampler_matches_our_sampler_at_cfg_1(tiny_server):
 
     caption = entry["outputs"]["12"]["text"][0]
     pipe = oracle_pipeline(models)
-    n = reference_token_count(pipe.tokenizer, caption)
     grid_h, grid_w = latent_grid(*SIZE)
+    feats, n = reference_features(pipe, caption, grid_h, grid_w)
     noise = torch.randn((1, 128, grid_h, grid_w), generator=torch.Generator().manual_seed(3))
     plan = SamplingPlan(torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]), (1.0,) * 4)
     with torch.no_grad():
-        feats = pipe.encode_prompt(caption, grid_h, grid_w, max_sequence_length=n, device=torch.device("cpu"))[0][:, :n]
         expected = sample(ours_from(models.cond), None, feats, [n], grid_h, grid_w, plan, comfy_to_tokens(noise))
     diff = (got - expected).abs().max().item()
     print(f"native KSampler vs our sampler: max |diff| {diff:.2e} (latent scale {expected.abs().max().item():.1f})")
